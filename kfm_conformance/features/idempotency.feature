@@ -1,0 +1,32 @@
+@idempotency
+Feature: Idempotent run-state
+  The blueprint requires "idempotent run-state enforcement". Running the pipeline again against
+  an unchanged upstream changes nothing; the run-state never disagrees with the published output
+  (the validators the pipeline sends always belong to the data it has published); and the same
+  payload delivered again never duplicates rows.
+
+  Scenario: Reruns against an unchanged upstream leave the output byte-identical
+    Given the upstream serves 40 rows
+    And the pipeline has published once
+    When the pipeline runs 3 more times
+    Then every run exits with a success code
+    And the output's bytes are unchanged
+
+  Scenario: Identical payloads delivered again never duplicate rows
+    Given the upstream serves 40 rows and ignores conditional requests
+    And the pipeline has published once
+    When the pipeline runs 3 more times
+    Then every run exits with a success code
+    And the output holds the upstream's rows in the upstream's order
+    And the output's bytes are unchanged
+
+  Scenario: The run-state follows the published output from version to version
+    Given the upstream serves 40 rows
+    And the pipeline has published once
+    When the upstream moves to a new version of 45 rows
+    And the pipeline runs again
+    Then it exits with the code declared for "published"
+    And the output holds the upstream's rows in the upstream's order
+    When the pipeline runs again
+    Then it sends only validators of the version it has published
+    And the upstream answered 304

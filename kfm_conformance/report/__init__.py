@@ -1,0 +1,1 @@
+"""Reports: the data model and its writers (JSON, Markdown; JUnit comes from pytest)."""

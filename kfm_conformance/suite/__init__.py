@@ -1,0 +1,1 @@
+"""The packaged test suite: the feature files bound to pytest-bdd, run by the CLI."""

@@ -1,0 +1,154 @@
+"""Verdicts, findings and the judge that turns evidence into them.
+
+Five verdicts, kept apart (as Bowtie keeps "failed" apart from "errored"):
+
+- ``pass``: every check held.
+- ``warn``: a recommended check (a SHOULD) did not hold. Under ``--strict`` it is a ``fail``.
+- ``fail``: the pipeline broke a guarantee. Only a :class:`GuaranteeViolation` produces it.
+- ``skip``: the check does not apply, and the reason says why (``not declared``, or a tool
+  that is unavailable).
+- ``error``: the harness or its infrastructure broke. Never blamed on the pipeline.
+
+Library code that judges evidence returns :class:`Finding` objects; step code hands them to a
+:class:`Judge`, which raises on a broken requirement and records the rest as evidence.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Verdict(enum.StrEnum):
+    """The verdict of one scenario, one guarantee, or one check."""
+
+    PASS = "pass"
+    WARN = "warn"
+    SKIP = "skip"
+    FAIL = "fail"
+    ERROR = "error"
+
+    @property
+    def severity(self) -> int:
+        """Order used to fold many verdicts into one: the worst wins."""
+        return _SEVERITY[self]
+
+    @staticmethod
+    def worst(verdicts: Iterable[Verdict]) -> Verdict:
+        """The most severe verdict; ``skip`` only when nothing else ran."""
+        found = list(verdicts)
+        if not found:
+            return Verdict.SKIP
+        ran = [v for v in found if v is not Verdict.SKIP]
+        if not ran:
+            return Verdict.SKIP
+        return max(ran, key=lambda v: v.severity)
+
+
+_SEVERITY = {
+    Verdict.SKIP: 0,
+    Verdict.PASS: 1,
+    Verdict.WARN: 2,
+    Verdict.FAIL: 3,
+    Verdict.ERROR: 4,
+}
+
+
+class Level(enum.StrEnum):
+    """How binding a check is: a blueprint MUST, or a SHOULD."""
+
+    REQUIRED = "required"
+    RECOMMENDED = "recommended"
+
+
+class SkipKind(enum.StrEnum):
+    """Why a scenario was skipped. Only ``not-declared`` may leave a run certifiable."""
+
+    NOT_DECLARED = "not-declared"
+    UNAVAILABLE = "unavailable"
+
+
+class GuaranteeViolation(AssertionError):
+    """The pipeline broke a guarantee. The only road to a ``fail`` verdict."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+class HarnessError(Exception):
+    """The harness or its infrastructure broke: the verdict is ``error``, never ``fail``."""
+
+
+class ConfigurationError(Exception):
+    """Bad input to the harness (profile, options, command). The CLI exits 2 with one line."""
+
+
+class NotApplicable(Exception):
+    """The scenario does not apply. Carries the :class:`SkipKind` and a reason."""
+
+    def __init__(self, reason: str, kind: SkipKind = SkipKind.NOT_DECLARED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judged fact about the pipeline, with what was expected and what was observed."""
+
+    check: str
+    ok: bool
+    message: str
+    level: Level = Level.REQUIRED
+    expected: Any = None
+    observed: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["level"] = str(self.level)
+        return data
+
+
+def required(check: str, ok: bool, message: str, **detail: Any) -> Finding:
+    """A finding for a blueprint MUST."""
+    return Finding(check=check, ok=ok, message=message, level=Level.REQUIRED, **detail)
+
+
+def recommended(check: str, ok: bool, message: str, **detail: Any) -> Finding:
+    """A finding for a SHOULD: ``warn`` when it does not hold, ``fail`` under ``--strict``."""
+    return Finding(check=check, ok=ok, message=message, level=Level.RECOMMENDED, **detail)
+
+
+@dataclass
+class Judge:
+    """Collects the findings of one scenario and raises on the first broken requirement."""
+
+    strict: bool = False
+    findings: list[Finding] = field(default_factory=list)
+
+    def apply(self, findings: Finding | Iterable[Finding]) -> None:
+        """Record findings; raise :class:`GuaranteeViolation` for the first one that binds."""
+        batch = [findings] if isinstance(findings, Finding) else list(findings)
+        self.findings.extend(batch)
+        for finding in batch:
+            if finding.ok:
+                continue
+            if finding.level is Level.REQUIRED or self.strict:
+                raise GuaranteeViolation(finding)
+
+    def require(self, check: str, ok: bool, message: str, **detail: Any) -> None:
+        self.apply(required(check, ok, message, **detail))
+
+    def recommend(self, check: str, ok: bool, message: str, **detail: Any) -> None:
+        self.apply(recommended(check, ok, message, **detail))
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok and f.level is Level.RECOMMENDED]
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok and f.level is Level.REQUIRED]
