@@ -116,15 +116,26 @@ class ScenarioContext:
         """Serve the resource of the version whose data is published, validators and all."""
         published = self.current_published_state()
         for version in reversed(self.versions):
-            if version.output is not None and published is not None:
-                if version.output.sha256 == published.sha256:
-                    self.origin.serve(version.resource)
-                    self.versions.append(version)
-                    return
+            if (
+                version.output is not None
+                and published is not None
+                and version.output.sha256 == published.sha256
+            ):
+                self.origin.serve(version.resource)
+                self.versions.append(version)
+                return
         raise RuntimeError("no published version to go back to")
 
     def script_answer(self, phrase: str) -> Reply:
         """Queue the one-off answer a feature file describes in words."""
+        if phrase == "a valid payload larger than the cap":
+            cap = int(self.require_declared("max_body_bytes"))
+            count = cap // 40 + 100  # every generated row is longer than 40 bytes
+            body = rows_payload(count, seed=self.seed, version=97)
+            self.evidence["size_cap"] = {"declared_bytes": cap, "payload_bytes": len(body)}
+            reply = Reply(body=body, headers={"Content-Type": "application/json"})
+            self.origin.push(reply)
+            return reply
         return script_next_answer(self.origin, phrase, seed=self.seed)
 
     def script_slow_answer(self, slowness: str) -> Reply:
@@ -365,7 +376,7 @@ class ScenarioContext:
             "request.if-modified-since",
             sent is None or sent in stored,
             "the pipeline sent an If-Modified-Since that the upstream never gave it",
-            expected=sorted(v for v in stored if v) + ["or no header"],
+            expected=[*sorted(v for v in stored if v), "or no header"],
             observed=sent,
         )
 
@@ -432,16 +443,16 @@ class ScenarioContext:
             if p != self.profile.output and _looks_temporary(Path(p).name, self.profile.output)
         ]
         last = self.last_run if self.all_runs else None
-        if since_last_run and last is not None:
-            if last.exit_code not in self.profile.exit_codes.success_codes():
-                declared = self.profile.state or ()
-                leftovers += [
-                    p
-                    for p in beside
-                    if p not in last.files_before
-                    and p != self.profile.output
-                    and not _under_any(p, declared)
-                ]
+        failed = last is not None and last.exit_code not in self.profile.exit_codes.success_codes()
+        if since_last_run and last is not None and failed:
+            declared = self.profile.state or ()
+            leftovers += [
+                p
+                for p in beside
+                if p not in last.files_before
+                and p != self.profile.output
+                and not _under_any(p, declared)
+            ]
         self.judge.require(
             "output.no-temporaries",
             not leftovers,

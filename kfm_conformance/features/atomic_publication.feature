@@ -6,11 +6,14 @@ Feature: Write-ahead temp file, then atomic replace
   is left at the output path.
 
   Scenario: A reader polling the output during publication sees only whole versions
-    Given the upstream serves 20000 rows
+    Given the upstream serves 8000 rows
     When a reader polls the output while the pipeline publishes it
-    And the upstream moves to a new version of 30000 rows
+    Then it exits with the code declared for "published"
+    When the upstream moves to a new version of 10000 rows
     And a reader polls the output while the pipeline runs again
-    Then the reader only ever saw no output or a complete published version
+    Then it exits with the code declared for "published"
+    And the output holds the upstream's rows in the upstream's order
+    And the reader only ever saw no output or a complete published version
 
   Scenario: Nothing temporary is left beside the output after a publication
     Given the upstream serves 25 rows

@@ -1,0 +1,60 @@
+"""Shared helpers for the harness's own tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "fixtures"
+REFERENCE_PROFILE = REPO / "reference" / "profile.toml"
+
+pytest_plugins = ["pytester"]
+
+
+def fixture_profile(tmp_path: Path, script: str, **overrides: Any) -> Path:
+    """Write the fixtures' profile for one known-bad script (absolute path, in tmp only)."""
+    data = tomllib.loads((FIXTURES / "profile.toml").read_text())
+    data["pipeline"]["command"] = ["{python}", str(FIXTURES / script), "{src}"]
+    data["pipeline"]["name"] = Path(script).stem.replace("_", "-")
+    data["pipeline"].update(overrides)
+    path = tmp_path / f"{Path(script).stem}.toml"
+    path.write_text(_toml(data))
+    return path
+
+
+def _toml(data: dict[str, Any]) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(data)
+
+
+def certify(*args: str, cwd: Path | None = None, timeout: float = 900) -> tuple[int, str, str]:
+    """Run the real CLI in a child process; return (exit code, stdout, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "kfm_conformance.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def load_report(report_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((report_dir / "report.json").read_text())
+    return data
+
+
+def guarantee_row(report: dict[str, Any], guarantee: str) -> dict[str, Any]:
+    for row in report["guarantees"]:
+        if row["id"] == guarantee:
+            return row
+    raise AssertionError(f"{guarantee} not in report: {[r['id'] for r in report['guarantees']]}")

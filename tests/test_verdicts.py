@@ -1,0 +1,126 @@
+"""Outcomes become the right verdicts: undefined steps and harness exceptions are errors,
+never passes or fails; a broken requirement is a fail; a SHOULD is a warn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kfm_conformance.report.model import fold
+from kfm_conformance.verdict import GuaranteeViolation, Judge, Verdict
+
+PROFILE = """
+[pipeline]
+name = "p"
+command = ["{python}", "-c", "pass"]
+output = "out/data.parquet"
+"""
+
+
+def _run(pytester: pytest.Pytester, feature: str, steps: str) -> list[dict]:
+    pytester.makefile(".feature", probe=feature)
+    pytester.makepyfile(
+        test_probe=f"from pytest_bdd import scenarios\n{steps}\nscenarios('probe.feature')\n"
+    )
+    profile = pytester.path / "profile.toml"
+    profile.write_text(PROFILE)
+    results = pytester.path / "results"
+    pytester.runpytest_subprocess("--kfm-profile", str(profile), "--kfm-results", str(results))
+    return [
+        json.loads(line)
+        for path in sorted(results.glob("scenarios-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+FEATURE = """
+@exit-codes
+Feature: probe
+  Scenario: probe
+    Given {step}
+"""
+
+
+def test_undefined_step_is_an_error(pytester: pytest.Pytester) -> None:
+    results = _run(pytester, FEATURE.format(step="a step nobody defined"), "")
+    assert results[0]["verdict"] == "error"
+    assert "StepDefinitionNotFound" in results[0]["message"]
+    assert results[0]["steps"][-1]["status"] == "undefined"
+
+
+def test_harness_exception_is_an_error_not_a_fail(pytester: pytest.Pytester) -> None:
+    steps = (
+        "from pytest_bdd import given\n"
+        "@given('the harness breaks')\n"
+        "def _(kfm):\n    raise RuntimeError('disk on fire')\n"
+    )
+    results = _run(pytester, FEATURE.format(step="the harness breaks"), steps)
+    assert results[0]["verdict"] == "error"
+    assert "disk on fire" in results[0]["message"]
+    assert "harness_traceback" in results[0]["evidence"]
+
+
+def test_a_bare_assert_in_harness_code_is_an_error(pytester: pytest.Pytester) -> None:
+    steps = (
+        "from pytest_bdd import given\n"
+        "@given('the harness asserts')\n"
+        "def _(kfm):\n    assert 1 == 2\n"
+    )
+    results = _run(pytester, FEATURE.format(step="the harness asserts"), steps)
+    assert results[0]["verdict"] == "error"
+
+
+def test_guarantee_violation_is_a_fail_and_should_is_a_warn(pytester: pytest.Pytester) -> None:
+    steps = (
+        "from pytest_bdd import given\n"
+        "@given('a requirement breaks')\n"
+        "def _(kfm):\n    kfm.judge.require('x', False, 'broken promise')\n"
+        "@given('a recommendation is missed')\n"
+        "def _(kfm):\n    kfm.judge.recommend('y', False, 'missed should')\n"
+        "@given('a limit is undeclared')\n"
+        "def _(kfm):\n    kfm.require_declared('max_body_bytes')\n"
+    )
+    feature = (
+        "@exit-codes\nFeature: probe\n"
+        "  Scenario: one\n    Given a requirement breaks\n"
+        "  Scenario: two\n    Given a recommendation is missed\n"
+        "  Scenario: three\n    Given a limit is undeclared\n"
+    )
+    results = {r["name"]: r for r in _run(pytester, feature, steps)}
+    assert results["one"]["verdict"] == "fail"
+    assert results["one"]["message"] == "broken promise"
+    assert results["two"]["verdict"] == "warn"
+    assert results["three"]["verdict"] == "skip"
+    assert results["three"]["skip_kind"] == "not-declared"
+    assert results["three"]["message"].startswith("not declared")
+
+
+def test_strict_judge_fails_on_a_missed_should() -> None:
+    with pytest.raises(GuaranteeViolation):
+        Judge(strict=True).recommend("y", False, "missed should")
+    Judge(strict=False).recommend("y", False, "missed should")
+
+
+def _scenario(check: str, verdict: str, kind: str = "required", skip_kind=None) -> dict:
+    return {
+        "check_id": check, "guarantee": check.split("/")[0], "name": check, "verdict": verdict,
+        "message": "", "kind": kind, "skip_kind": skip_kind, "evidence": {},
+    }
+
+
+def test_unavailable_required_skip_blocks_certification() -> None:
+    base = dict(pipeline={"name": "p", "command": []}, provenance={}, strict=False,
+                selected=["exit-codes"])
+    ok = fold([_scenario("exit-codes/a", "pass"),
+               _scenario("exit-codes/b", "skip", skip_kind="not-declared")], **base)
+    assert ok.certified and ok.level == "core"
+    blocked = fold([_scenario("exit-codes/a", "pass"),
+                    _scenario("exit-codes/b", "skip", skip_kind="unavailable")], **base)
+    assert not blocked.certified
+    warned = fold([_scenario("exit-codes/a", "warn")], **base)
+    assert warned.certified
+    assert Verdict.worst([Verdict.PASS, Verdict.WARN, Verdict.SKIP]) is Verdict.WARN
+    failed = fold([_scenario("exit-codes/a", "pass"), _scenario("exit-codes/c", "error")], **base)
+    assert not failed.certified and failed.blocking[0]["check_id"] == "exit-codes/c"
