@@ -44,7 +44,8 @@ def read_table(path: Path) -> pa.Table:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    return read_table(path).to_pylist()  # type: ignore[no-any-return]
+    rows: list[dict[str, Any]] = read_table(path).to_pylist()
+    return rows
 
 
 def columns(path: Path) -> list[tuple[str, str]]:

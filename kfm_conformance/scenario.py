@@ -153,6 +153,16 @@ class ScenarioContext:
         return reply
 
     # -- running ------------------------------------------------------------------------------
+    def closed_port_url(self) -> str:
+        """A loopback URL nobody listens on: connecting to it is refused."""
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.notes.append(f"port {port} was free and closed when the run started")
+        return f"http://127.0.0.1:{port}/data.json"
+
     def fresh_sandbox(self) -> Sandbox:
         """Another fresh, empty working directory within this scenario."""
         sandbox = self.make_sandbox()
@@ -335,10 +345,8 @@ class ScenarioContext:
         self.expect_files_unchanged_since("before the last run")
 
     def expect_outputs_identical_across_dirs(self) -> None:
-        digests = {
-            box.workdir.name: (box.output_state().sha256 if box.output_state() else None)
-            for box in self.other_sandboxes
-        }
+        states = {box.workdir.name: box.output_state() for box in self.other_sandboxes}
+        digests = {name: state.sha256 if state else None for name, state in states.items()}
         self.judge.require(
             "output.identical-across-dirs",
             len(set(digests.values())) == 1 and None not in digests.values(),
@@ -349,7 +357,7 @@ class ScenarioContext:
 
     def expect_reader_saw_whole_versions(self) -> None:
         output = self.profile.output
-        complete = {None}
+        complete: set[str | None] = {None}
         for run in self.sandbox.runs:
             for files in (run.files_before, run.files_after):
                 if output in files:

@@ -369,6 +369,9 @@ def script_next_answer(origin: Origin, phrase: str, *, seed: int = 0) -> Reply:
         reply = Reply(body=rows, headers=stamped, truncate="content-length")
     elif phrase == "a chunked body cut before its end":
         reply = Reply(body=rows, headers=stamped, truncate="chunked")
+    elif phrase == "a redirect to the data":
+        origin.route("/moved/data.json", Reply(body=rows, headers=stamped))
+        reply = Reply(status=307, redirect_to="/moved/data.json")
     elif phrase == "a connection reset":
         reply = Reply(truncate="reset")
     elif phrase == "a redirect loop":

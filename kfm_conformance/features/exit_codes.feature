@@ -22,6 +22,12 @@ Feature: Deterministic exit codes
       | status 410                         | "upstream_refused"                        |
       | a connection reset                 | "upstream_transient" or "invalid_upstream" |
       | an empty array                     | "invalid_upstream"                        |
+      | a redirect to the data             | "published"                               |
+
+  Scenario: An upstream that refuses connections is transient
+    When the pipeline runs against an upstream that refuses connections
+    Then it exits with the code declared for "upstream_transient"
+    And nothing is published
 
   Scenario Outline: The same scenario repeated gives the same code every time
     Given the upstream serves 25 rows

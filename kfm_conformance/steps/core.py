@@ -105,6 +105,11 @@ def pipeline_runs_without_url(kfm: ScenarioContext) -> None:
     kfm.run("run without an upstream URL", src="")
 
 
+@when("the pipeline runs against an upstream that refuses connections")
+def pipeline_runs_against_closed_port(kfm: ScenarioContext) -> None:
+    kfm.run("run against a closed port", src=kfm.closed_port_url())
+
+
 @when("the published output is deleted")
 def output_deleted(kfm: ScenarioContext) -> None:
     kfm.delete_output()
