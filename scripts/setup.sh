@@ -44,6 +44,10 @@ python3 -m pip install -q --disable-pip-version-check -e "$REPO[dev]" 2>&1 \
 python3 -c "import kfm_conformance" # fail loudly if the install did not take
 
 if [ "$WITH_SERVICES" -eq 1 ]; then
-  "$HERE/build-services.sh"
+  "$HERE/build-services.sh" lakefs collector
+  # marquez-api is not served by every Maven mirror (see services/README.md): a failed
+  # Marquez build is reported, and the tests that need Marquez say so, but it does not stop
+  # the set-up of everything else.
+  "$HERE/build-services.sh" marquez || log "Marquez was not built; see services/README.md"
 fi
 log "ready: kfm-conformance $(python3 -c 'import kfm_conformance as k; print(k.__version__)')"
