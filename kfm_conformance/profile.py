@@ -118,6 +118,7 @@ class Profile:
     lakefs_env: dict[str, str]
     secret_env: frozenset[str]
     services: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
     digest: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -234,6 +235,7 @@ def parse_profile(data: dict[str, Any], path: Path, text: bytes = b"") -> Profil
         lakefs_env={**DEFAULT_LAKEFS_ENV, **data.get("lakefs", {})},
         secret_env=frozenset(pipeline.get("secret_env", [])),
         services=dict(data.get("services", {})),
+        provenance=dict(data.get("provenance", {})),
         digest=hashlib.sha256(text).hexdigest() if text else "",
         raw=data,
     )
