@@ -1,6 +1,10 @@
-"""The command line: ``kfm-conformance certify --profile FILE``.
+"""The command line: ``kfm-conformance certify --profile FILE``, and the governance tools
+``verify`` (an evidence bundle), ``diff`` (two reports), ``baseline`` (expected results for CI
+gating) and ``keygen`` (a bundle signing key).
 
 Exit codes: 0 certified, 1 not certified, 2 bad input to the harness (one line on stderr).
+With ``--baseline``: 0 unless a result is unexpected. ``verify``: 0 intact, 1 tampered.
+``diff``: 0 no change, 1 changes.
 
 ``certify`` is pytest, configured: it runs the packaged suite with the plugin in a child
 process (so a crash in a scenario cannot take the results with it), reads the per-scenario
@@ -10,6 +14,7 @@ results it wrote, and folds them into ``report.json``, ``report.md`` and ``junit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -19,11 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from kfm_conformance import __version__, guarantees
+from kfm_conformance.capture.olschema import cache_provenance
+from kfm_conformance.capture.session import schema_location
 from kfm_conformance.features import inventory_digest
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
-from kfm_conformance.report.model import base_provenance, fold, now_iso, read_scenario_results
-from kfm_conformance.report.writers import write_reports
+from kfm_conformance.report import baseline as baselines
+from kfm_conformance.report import bundle, diff
+from kfm_conformance.report.model import (
+    build_provenance,
+    fold,
+    now_iso,
+    read_scenario_results,
+    services_used,
+)
+from kfm_conformance.report.writers import redact_file, write_reports
+from kfm_conformance.services.selection import ExternalSettings, parse_services
 from kfm_conformance.verdict import ConfigurationError
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
@@ -60,6 +76,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument("--seed", type=int, help="replay the randomised choices of a run")
     certify.add_argument("--work-dir", help="keep scenario working directories here")
+    certify.add_argument(
+        "--bundle",
+        metavar="OUT",
+        help="also write an evidence bundle: a directory, or a .tar.gz/.tgz archive",
+    )
+    certify.add_argument(
+        "--sign-key", metavar="PRIVATE.pem", help="sign the bundle's MANIFEST (Ed25519)"
+    )
+    certify.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="expected results (TOML or JSON): exit non-zero only on unexpected results",
+    )
+    certify.add_argument(
+        "--services",
+        metavar="SPEC",
+        help="who runs Marquez, lakeFS and the OpenTelemetry Collector: embedded (default), "
+        "local, containers, external or auto, or per service, e.g. "
+        "lakefs=local,collector=local,marquez=embedded (default: the profile's [services])",
+    )
+    certify.add_argument(
+        "--openlineage-schemas",
+        metavar="DIR",
+        help="the official OpenLineage JSON Schemas (the spec/ folder: OpenLineage.json and "
+        "facets/) to validate lineage events against; default: $KFM_OPENLINEAGE_SCHEMAS",
+    )
+
+    verify = commands.add_parser("verify", help="check an evidence bundle's digests and signature")
+    verify.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or .tar.gz")
+    verify.add_argument("--key", metavar="PUB.pem", help="the signer's public key")
+
+    compare = commands.add_parser("diff", help="added, removed and changed checks of two reports")
+    compare.add_argument("a", metavar="A.json")
+    compare.add_argument("b", metavar="B.json")
+    compare.add_argument("--format", choices=("text", "json"), default="text")
+
+    expect = commands.add_parser("baseline", help="write a CI baseline from a report")
+    expect.add_argument("report", metavar="REPORT.json")
+    expect.add_argument(
+        "-o", "--output", metavar="FILE", help="TOML, or JSON if it ends in .json (default: stdout)"
+    )
+
+    keys = commands.add_parser("keygen", help="write an Ed25519 key pair for signing bundles")
+    keys.add_argument("out", metavar="OUT", help="writes OUT.pem (private) and OUT.pub.pem")
     return parser
 
 
@@ -99,6 +159,10 @@ def pytest_argv(
         "--kfm-progress",
         "--junitxml",
         str(report_dir / "junit.xml"),
+        "-p",
+        "kfm_conformance.report.bundle",
+        "--cucumberjson",
+        str((report_dir / "cucumber.json").resolve()),
         "-o",
         "junit_family=xunit2",
         "-q",
@@ -112,12 +176,30 @@ def pytest_argv(
         argv.append("--kfm-strict")
     if args.work_dir:
         argv += ["--kfm-work-dir", str(Path(args.work_dir).resolve())]
+    if getattr(args, "openlineage_schemas", None):
+        argv += ["--kfm-openlineage-schemas", str(Path(args.openlineage_schemas).resolve())]
+    if getattr(args, "services", None):
+        argv += ["--kfm-services", args.services]
     return argv
+
+
+def schema_cache_provenance(option: str | None) -> dict[str, Any]:
+    """Which OpenLineage schema cache the run validates against: where it was named, how many
+    files, a digest of them and the core spec versions; never its path on this machine."""
+    path, source = schema_location(option)
+    if path is None:
+        return {"given_by": None, "note": "no cache given: lineage spec validation is an error"}
+    if not path.is_dir():
+        named_by = "--openlineage-schemas" if source == "option" else source
+        raise ConfigurationError(f"{named_by}: OpenLineage schema cache is not a directory: {path}")
+    return {"given_by": source, **cache_provenance(path)}
 
 
 def certify(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     profile.check_command()
+    service_selection = parse_services(args.services, profile.services.get("provider"))
+    ExternalSettings.from_sources(profile.services)  # registers external credentials as secrets
     selected = list(args.only or guarantees.IDS)
     for guarantee_id in selected:
         if guarantee_id not in guarantees.BY_ID:
@@ -126,6 +208,15 @@ def certify(args: argparse.Namespace) -> int:
             )
     if args.jobs < 1:
         raise ConfigurationError("--jobs: must be at least 1")
+    schema_cache = schema_cache_provenance(args.openlineage_schemas)
+    sign_key = None
+    if args.sign_key:
+        if not args.bundle:
+            raise ConfigurationError("--sign-key: signs a bundle; give --bundle OUT too")
+        sign_key = bundle.load_private_key(args.sign_key)
+    if args.bundle:
+        bundle.check_target(Path(args.bundle))
+    expected = baselines.load_baseline(args.baseline) if args.baseline else None
     report_dir = Path(args.report_dir)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +228,7 @@ def certify(args: argparse.Namespace) -> int:
     results_dir.mkdir(exist_ok=True)
     for stale in results_dir.glob("scenarios-*.jsonl"):
         stale.unlink()
+    (report_dir / "cucumber.json").unlink(missing_ok=True)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
     started = now_iso()
     clock = time.monotonic()
@@ -158,16 +250,24 @@ def certify(args: argparse.Namespace) -> int:
         )
     if not results:
         problems.append("harness error: no scenario produced a result (see pytest.log)")
+    else:
+        problems += bundle.cucumber_problems(report_dir / "cucumber.json", results)
     provenance = {
-        **base_provenance(),
-        "git_commit": git_commit(),
-        "inventory_sha256": inventory_digest(),
-        "started_at": started,
-        "ended_at": now_iso(),
-        "duration_s": round(time.monotonic() - clock, 2),
-        "seed": seed,
-        "services": {"provider": "embedded"},
-        "jobs": args.jobs,
+        **build_provenance(
+            pipeline=profile.summary(),
+            seed=seed,
+            seed_given=args.seed is not None,
+            started_at=started,
+            ended_at=now_iso(),
+            duration_s=round(time.monotonic() - clock, 2),
+            services=services_used(results, {"provider": service_selection.describe()}),
+            jobs=args.jobs,
+            strict=args.strict,
+            selected=list(args.only or []),
+            profile_arg=str(args.profile),
+            inventory_sha256=inventory_digest(),
+        ),
+        "openlineage_schemas": schema_cache,
     }
     report = fold(
         results,
@@ -179,12 +279,90 @@ def certify(args: argparse.Namespace) -> int:
     )
     redactor = Redactor.for_profile(profile)
     data = redactor.redact(report.to_json())
+    if expected is not None:
+        data["gate"] = baselines.gate(data, expected, Path(args.baseline).name)
+    for written_by_pytest in ("junit.xml", "cucumber.json", "pytest.log"):
+        redact_file(report_dir / written_by_pytest, redactor)
     write_reports(data, report_dir)
     print(summary_line(data))
     for check_id in data["blocking"][:20]:
         print(f"  blocking: {check_id}")
-    print(f"reports: {report_dir}/report.json, report.md, junit.xml")
+    print(f"reports: {report_dir}/report.json, report.html, report.md, junit.xml, cucumber.json")
+    if args.bundle:
+        out = bundle.write_bundle(
+            Path(args.bundle),
+            report_dir,
+            data,
+            redactor=redactor,
+            profile_path=profile.path,
+            sign_key=sign_key,
+        )
+        signed = f", signed by {bundle.fingerprint(sign_key.public_key())}" if sign_key else ""
+        print(f"bundle: {out}{signed}")
+    if "gate" in data:
+        for line in baselines.gate_lines(data["gate"]):
+            print(line)
+        return EXIT_CERTIFIED if data["gate"]["ok"] else EXIT_NOT_CERTIFIED
     return EXIT_CERTIFIED if data["verdict"] == "certified" else EXIT_NOT_CERTIFIED
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """``verify BUNDLE [--key PUB.pem]``: 0 intact, 1 tampered, 2 bad input."""
+    path = Path(args.bundle)
+    if not path.exists():
+        raise ConfigurationError(f"verify: {path}: not found")
+    if not path.is_dir() and not bundle.is_archive(path):
+        raise ConfigurationError(f"verify: {path}: not a bundle directory or .tar.gz")
+    key_pem = None
+    if args.key:
+        try:
+            key_pem = Path(args.key).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"--key: cannot read {args.key}: {exc.strerror}") from None
+        bundle.load_public_key(key_pem, "--key")
+    result = bundle.verify_bundle(path, key_pem)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.ok:
+        print(f"OK: {path}: {result.files} files match MANIFEST")
+        return 0
+    for problem in result.problems:
+        print(f"TAMPERED: {problem}")
+    print(f"verify failed: {len(result.problems)} problems in {path}", file=sys.stderr)
+    return 1
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    a, b = diff.load_report(args.a), diff.load_report(args.b)
+    result = diff.diff_reports(a, b, Path(args.a).name, Path(args.b).name)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(diff.render_text(result), end="")
+    return 1 if diff.has_changes(result) else 0
+
+
+def baseline_command(args: argparse.Namespace) -> int:
+    report = diff.load_report(args.report)
+    data = baselines.baseline_from_report(report)
+    text = baselines.dump(data, args.output)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"-o: cannot write {args.output}: {exc.strerror}") from None
+        print(f"baseline: {args.output} ({len(data['checks'])} known results)", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    private_path, public_path, print_ = bundle.keygen(args.out)
+    print(f"private key: {private_path} (keep it secret)")
+    print(f"public key:  {public_path}")
+    print(f"fingerprint: {print_}")
+    return 0
 
 
 def summary_line(data: dict[str, Any]) -> str:
@@ -200,6 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "certify":
             return certify(args)
+        if args.command == "verify":
+            return verify_command(args)
+        if args.command == "diff":
+            return diff_command(args)
+        if args.command == "baseline":
+            return baseline_command(args)
+        if args.command == "keygen":
+            return keygen_command(args)
         raise ConfigurationError(f"unknown command {args.command!r}")
     except ConfigurationError as exc:
         print(f"kfm-conformance: {exc}", file=sys.stderr)

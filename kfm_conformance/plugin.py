@@ -12,7 +12,12 @@ How a pytest outcome becomes a verdict:
   scenario tagged ``@recommended``, unless ``--kfm-strict``);
 - it was skipped: ``skip``, with the reason and whether it was "not declared" or unavailable;
 - anything else (an exception in harness code, a service that did not start, an undefined,
-  ambiguous or pending step): ``error``.
+  ambiguous or pending step): ``error``. A scenario that "failed" while a real service it used
+  had died is an ``error`` too, with the service's log tail in its evidence.
+
+Real services (``--kfm-services``, or the profile's ``[services] provider``): the session
+fixture ``kfm_services`` starts them once per session (per xdist worker) and stops them at the
+end; see :mod:`kfm_conformance.services.runtime`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import re
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -30,10 +36,15 @@ from typing import Any
 import pytest
 
 from kfm_conformance import guarantees
+from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.sandbox import Sandbox
 from kfm_conformance.scenario import ScenarioContext
+from kfm_conformance.services.collector_tap import CollectorTap
+from kfm_conformance.services.runtime import ServiceSession
+from kfm_conformance.services.scenario import ServiceObserver
+from kfm_conformance.services.selection import ExternalSettings, parse_services
 from kfm_conformance.upstream import Origin
 from kfm_conformance.verdict import (
     ConfigurationError,
@@ -48,9 +59,16 @@ CONTEXT_KEY = pytest.StashKey[ScenarioContext]()
 STEPS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 SCENARIO_KEY = pytest.StashKey[dict[str, Any]]()
 RESULT_KEY = pytest.StashKey[dict[str, Any]]()
+SERVICE_OBSERVER_KEY = pytest.StashKey[ServiceObserver]()
 
 #: Step modules that define the guarantees' vocabulary.
-STEP_MODULES = ("kfm_conformance.steps.core",)
+STEP_MODULES = (
+    "kfm_conformance.steps.core",
+    "kfm_conformance.steps.observability",
+    "kfm_conformance.steps.provenance",
+    "kfm_conformance.steps.faults",
+    "kfm_conformance.steps.promotion",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,6 +89,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="print one line per scenario on stderr",
     )
     group.addoption("--kfm-work-dir", help="where scenario working directories are created")
+    group.addoption(
+        "--kfm-suite",
+        action="store_true",
+        default=False,
+        help="collect the packaged guarantees suite as well as the paths given (without paths, "
+        "--kfm-profile collects it anyway)",
+    )
+    group.addoption(
+        "--kfm-services",
+        metavar="SPEC",
+        help="who runs Marquez, lakeFS and the Collector: embedded (default), local, containers, "
+        "external, auto, or per service, e.g. lakefs=local,collector=local,marquez=embedded "
+        "(default: the profile's [services] provider)",
+    )
+    group.addoption(
+        "--kfm-openlineage-schemas",
+        help="directory of the official OpenLineage JSON Schemas (default: the environment "
+        "variable KFM_OPENLINEAGE_SCHEMAS); without one, spec validation is an error",
+    )
 
 
 def _active(config: pytest.Config) -> bool:
@@ -88,12 +125,22 @@ def pytest_configure(config: pytest.Config) -> None:
         profile.check_command()
     except ConfigurationError as exc:
         raise pytest.UsageError(str(exc)) from None
+    schemas, source = schema_location(config.getoption("--kfm-openlineage-schemas"))
+    if schemas is not None and not schemas.is_dir():
+        raise pytest.UsageError(
+            f"OpenLineage schema cache ({source}) is not a directory: {schemas}"
+        )
+    try:
+        parse_services(config.getoption("--kfm-services"), profile.services.get("provider"))
+    except ConfigurationError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[PROFILE_KEY] = profile
     seed = config.getoption("--kfm-seed")
     config.stash[SEED_KEY] = seed if seed is not None else int(time.time()) % 1_000_000
     for module in STEP_MODULES:
         if not config.pluginmanager.has_plugin(module):
             config.pluginmanager.import_plugin(module)
+    _collect_packaged_suite(config)
 
 
 PROFILE_KEY = pytest.StashKey[Profile]()
@@ -132,10 +179,83 @@ def kfm_origin() -> Generator[Origin, None, None]:
     origin.close()
 
 
+@pytest.fixture(scope="session")
+def kfm_services(pytestconfig: pytest.Config) -> Generator[ServiceSession | None, None, None]:
+    """The real services chosen with ``--kfm-services`` (or the profile's ``[services]``),
+    started once per session (xdist worker) and stopped at its end; None when every service is
+    embedded. A service that fails to start is remembered, not raised: the scenarios that need
+    it are errors."""
+    profile = pytestconfig.stash.get(PROFILE_KEY, None)
+    profile_services = profile.services if profile is not None else {}
+    selection = parse_services(
+        pytestconfig.getoption("--kfm-services", default=None), profile_services.get("provider")
+    )
+    if not selection.real():
+        yield None
+        return
+    session = ServiceSession(selection, ExternalSettings.from_sources(profile_services))
+    try:
+        yield session.start()
+    finally:
+        session.stop()
+
+
+@pytest.fixture(scope="session")
+def kfm_capture(
+    pytestconfig: pytest.Config, kfm_services: ServiceSession | None
+) -> Generator[CaptureServices, None, None]:
+    """The embedded lineage sink and OTLP receiver, started once per session (xdist worker);
+    with a real Collector the pipeline exports to it, with a real Marquez events are teed."""
+    endpoints = kfm_services.endpoints if kfm_services is not None else None
+    collector = marquez = None
+    if kfm_services is not None and endpoints is not None:
+        if kfm_services.is_running("collector") and endpoints.span_files:
+            collector = CollectorTap(endpoints.span_files)
+        if kfm_services.is_running("marquez"):
+            marquez = endpoints.marquez_url
+    services = CaptureServices(
+        schemas_option=pytestconfig.getoption("--kfm-openlineage-schemas"),
+        forward_lineage_to=marquez,
+        collector=collector,
+        collector_endpoint=endpoints.otlp_http_endpoint if endpoints else None,
+    )
+    yield services
+    services.close()
+
+
 @pytest.fixture
-def kfm_env() -> dict[str, str]:
-    """Environment the capture services add to every run of the scenario."""
-    return {}
+def kfm_observer(
+    request: pytest.FixtureRequest, kfm_capture: CaptureServices, kfm_profile: Profile
+) -> CaptureObserver:
+    """The scenario's slices of what the capture services received, one per run."""
+    markers = {m.name for m in request.node.iter_markers()}
+    return CaptureObserver(
+        kfm_capture,
+        scenario_id=f"{_slug(request.node.name)[:40]}-{uuid.uuid4().hex[:12]}",
+        service_name=kfm_profile.name,
+        full_evidence=bool(markers & {"lineage", "telemetry"}),
+        wait_for_spans="telemetry" in markers,
+    )
+
+
+@pytest.fixture
+def kfm_service_observer(
+    request: pytest.FixtureRequest,
+    kfm_services: ServiceSession | None,
+    kfm_observer: CaptureObserver,
+) -> ServiceObserver:
+    """The scenario's use of the real services: required, health-checked, recorded."""
+    markers = {m.name for m in request.node.iter_markers()}
+    observer = ServiceObserver(kfm_services, kfm_observer, markers)
+    request.node.stash[SERVICE_OBSERVER_KEY] = observer
+    return observer
+
+
+@pytest.fixture
+def kfm_env(kfm_observer: CaptureObserver) -> dict[str, str]:
+    """Environment the capture services add to every run of the scenario: OPENLINEAGE_URL,
+    OPENLINEAGE_NAMESPACE and the standard OTEL_* variables."""
+    return kfm_observer.env()
 
 
 @pytest.fixture
@@ -146,6 +266,8 @@ def kfm(
     kfm_seed: int,
     kfm_work_root: Path,
     kfm_env: dict[str, str],
+    kfm_observer: CaptureObserver,
+    kfm_service_observer: ServiceObserver,
 ) -> ScenarioContext:
     """The scenario's context: profile, origin, sandbox, judge and evidence."""
     slug = _slug(request.node.name)[:60]
@@ -165,7 +287,9 @@ def kfm(
         seed=kfm_seed,
         make_sandbox=make_sandbox,
         extra_env=dict(kfm_env),
+        run_observers=[kfm_observer, kfm_service_observer],
     )
+    kfm_service_observer.record(context)
     request.node.stash[CONTEXT_KEY] = context
     return context
 
@@ -277,6 +401,9 @@ def _scenario_result(
     elif excinfo is not None and isinstance(excinfo.value, GuaranteeViolation):
         verdict = Verdict.WARN if recommended and not strict else Verdict.FAIL
         message = str(excinfo.value)
+        dead = _dead_service(item, context)
+        if dead:  # a service the scenario used died: never blamed on the pipeline
+            verdict, message = Verdict.ERROR, f"harness error: {dead} (the run had: {message})"
     else:
         verdict = Verdict.ERROR
         message = _error_message(report, excinfo)
@@ -309,6 +436,19 @@ def _scenario_result(
     }
 
 
+def _dead_service(item: pytest.Item, context: ScenarioContext | None) -> str:
+    """The first real service the scenario used that no longer answers ("" when none)."""
+    observer = item.stash.get(SERVICE_OBSERVER_KEY, None)
+    if observer is None:
+        return ""
+    problems = observer.dead_services()
+    if not problems:
+        return ""
+    if context is not None:
+        context.evidence["service_failure"] = problems[0].evidence()
+    return str(problems[0])
+
+
 def _emit(item: pytest.Item, result: dict[str, Any]) -> None:
     config = item.config
     profile = config.stash.get(PROFILE_KEY, None)
@@ -330,6 +470,24 @@ def _emit(item: pytest.Item, result: dict[str, Any]) -> None:
             file=sys.__stderr__,  # past pytest's capture: progress is for the person waiting
             flush=True,
         )
+
+
+# -- the packaged suite in a team's own pytest --------------------------------------------------
+#: The packaged suite: every feature file bound to pytest-bdd.
+PACKAGED_SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
+
+
+def _collect_packaged_suite(config: pytest.Config) -> None:
+    """``pytest --kfm-profile FILE`` collects the packaged suite when the invocation names no
+    paths of its own (testpaths and the current directory are then replaced by it);
+    ``--kfm-suite`` adds it to the paths given. The CLI names the suite itself."""
+    named_paths = config.args_source == pytest.Config.ArgsSource.ARGS
+    if named_paths and not config.getoption("--kfm-suite"):
+        return
+    suite = str(PACKAGED_SUITE)
+    if any(Path(arg.split("::")[0]).resolve() == PACKAGED_SUITE for arg in config.args):
+        return
+    config.args = [*config.args, suite] if named_paths else [suite]
 
 
 # -- naming ------------------------------------------------------------------------------------

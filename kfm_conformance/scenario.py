@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kfm_conformance import outputs
 from kfm_conformance.profile import Profile
@@ -47,6 +47,15 @@ class Version:
     output: FileState | None = None
 
 
+class RunObserver(Protocol):
+    """Told before and after every :meth:`ScenarioContext.run`; the capture layer marks its
+    sinks here, so the scenario never needs to know what is being captured."""
+
+    def before_run(self, context: ScenarioContext, label: str | None) -> None: ...
+
+    def after_run(self, context: ScenarioContext, result: RunResult) -> None: ...
+
+
 @dataclass
 class ScenarioContext:
     """Everything one scenario needs; built fresh for every scenario by the plugin."""
@@ -64,6 +73,7 @@ class ScenarioContext:
     evidence: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     marks: dict[str, Snapshot] = field(default_factory=dict)
+    run_observers: list[RunObserver] = field(default_factory=list)
     rng: random.Random = field(init=False)
     skip_kind: SkipKind | None = None
 
@@ -173,12 +183,16 @@ class ScenarioContext:
         self, label: str | None = None, *, src: str | None = None, sandbox: Sandbox | None = None
     ) -> RunResult:
         """Run the pipeline once; a run killed at its timeout fails the scenario."""
+        for observer in self.run_observers:
+            observer.before_run(self, label)
         result = (sandbox or self.sandbox).run(
             self.origin.url if src is None else src,
             label=label,
             extra_env=self.extra_env,
         )
         self.all_runs.append(result)
+        for observer in self.run_observers:
+            observer.after_run(self, result)
         self.judge.require(
             "run.finished",
             not result.timed_out,

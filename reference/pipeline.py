@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import lakefs_promotion
 import provenance_sidecars
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -1608,6 +1609,17 @@ def _run_locked(cfg: Config, tele: Telemetry, mode: int) -> RunReport:
                     run_id=tele.run_id,
                     job=JOB_NAME,
                 )
+            # lakeFS (when configured): promote what is now published locally, before the
+            # state claims it; a failed promotion (an OSError) is an io_error.
+            lakefs_promotion.promote(
+                output=cfg.output,
+                output_display=cfg.output_display,
+                sidecars=list(provenance_sidecars.sidecar_paths(cfg.output).values()),
+                sha256=new_sha,
+                rows=rows,
+                run_id=tele.run_id,
+                env=os.environ,
+            )
             document = state_document(cfg, fetched.etag, fetched.last_modified, new_sha, rows)
             if document != _read_bytes(state_path):
                 durable_write(state_path, document, mode)

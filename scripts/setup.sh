@@ -25,6 +25,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # Chromium (the HTML report's browser check).
 missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "$WITH_SERVICES" -eq 1 ]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -14,19 +15,34 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
 REFERENCE_PROFILE = REPO / "reference" / "profile.toml"
+#: The official OpenLineage schemas: shared test data beside the repository, never copied in.
+OPENLINEAGE_SPEC = REPO.parent / "shared" / "openlineage-spec"
 
 pytest_plugins = ["pytester"]
 
 
-def fixture_profile(tmp_path: Path, script: str, **overrides: Any) -> Path:
-    """Write the fixtures' profile for one known-bad script (absolute path, in tmp only)."""
-    data = tomllib.loads((FIXTURES / "profile.toml").read_text())
+def fixture_profile(
+    tmp_path: Path, script: str, *, base: str = "profile.toml", **overrides: Any
+) -> Path:
+    """Write the fixtures' profile (``base``, in fixtures/) for one known-bad script (absolute
+    path, in tmp only)."""
+    data = tomllib.loads((FIXTURES / base).read_text())
     data["pipeline"]["command"] = ["{python}", str(FIXTURES / script), "{src}"]
     data["pipeline"]["name"] = Path(script).stem.replace("_", "-")
     data["pipeline"].update(overrides)
     path = tmp_path / f"{Path(script).stem}.toml"
     path.write_text(_toml(data))
     return path
+
+
+def openlineage_spec() -> Path:
+    """The OpenLineage schema cache; when it is absent a test fails under CI, else skips."""
+    if (OPENLINEAGE_SPEC / "OpenLineage.json").is_file():
+        return OPENLINEAGE_SPEC
+    message = f"the OpenLineage schemas are not at {OPENLINEAGE_SPEC}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def _toml(data: dict[str, Any]) -> str:

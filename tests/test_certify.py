@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, REFERENCE_PROFILE, certify, load_report
+
 from kfm_conformance.report.writers import validate_report
 
 HTTP_AND_DATA = [
@@ -61,3 +61,36 @@ def test_stranger_pipeline_is_certified(tmp_path: Path) -> None:
     )
     _assert_certified(report_dir, code, out, err)
     assert "CERTIFIED (core)" in out
+
+
+SEED = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_http_change_detection.py"
+
+
+def test_the_blueprints_own_seed_is_refused(tmp_path: Path) -> None:
+    """The seed the blueprint calls compliant breaks several of the blueprint's own promises:
+    it exits 1 for every failure, ignores ETags, trusts its state when the output is gone and
+    publishes a JSON object as columns."""
+    profile = tmp_path / "seed.toml"
+    profile.write_text(
+        "[pipeline]\nname = \"blueprint-seed\"\n"
+        f"command = [\"{{python}}\", \"{SEED}\", \"{{src}}\"]\n"
+        "output = \"out/data.parquet\"\ntimeout_s = 60\n"
+    )
+    report_dir = tmp_path / "report"
+    code, _, err = certify(
+        "certify", "--profile", str(profile), "--report-dir", str(report_dir),
+        "--only", "change-detection", "invalid-input", "exit-codes", "-j", "2",
+    )
+    assert code == 1, err[-2000:]
+    report = load_report(report_dir)
+    verdicts = {row["id"]: row["verdict"] for row in report["guarantees"]}
+    assert verdicts == {
+        "change-detection": "fail", "invalid-input": "fail", "exit-codes": "fail"
+    }, verdicts
+    failed = {s["check_id"] for g in report["guarantees"] for s in g["scenarios"]
+              if s["verdict"] == "fail"}
+    deleted_output = (
+        "change-detection/a-deleted-output-is-fetched-again-without-validators-and-republished"
+    )
+    assert deleted_output in failed
+    assert any(c.startswith("exit-codes/each-upstream-answer-maps") for c in failed)

@@ -18,6 +18,7 @@ the core ``BaseFacet`` rules, which the core validation already applies; it is n
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -221,3 +222,25 @@ class OpenLineageSchemas:
 @functools.lru_cache(maxsize=8)
 def _load(path: str) -> OpenLineageSchemas:
     return OpenLineageSchemas(Path(path))
+
+
+def cache_provenance(cache_dir: Path) -> dict[str, Any]:
+    """What identifies a schema cache in a report, never its location on this machine.
+
+    ``sha256`` is a digest over every JSON file's path relative to the cache and its bytes, in
+    sorted order; ``core`` lists the ``$id`` of each core spec document found.
+    """
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(cache_dir).rglob("*.json") if p.is_file())
+    core: list[str] = []
+    for path in files:
+        data = path.read_bytes()
+        digest.update(path.relative_to(cache_dir).as_posix().encode() + b"\0" + data + b"\0")
+        if path.name == "OpenLineage.json":
+            try:
+                schema_id = json.loads(data).get("$id")
+            except (ValueError, AttributeError):
+                schema_id = None
+            if isinstance(schema_id, str):
+                core.append(_base(schema_id))
+    return {"files": len(files), "sha256": digest.hexdigest(), "core": sorted(core)}

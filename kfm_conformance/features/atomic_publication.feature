@@ -28,3 +28,75 @@ Feature: Write-ahead temp file, then atomic replace
     When the pipeline runs again
     Then it exits with a failure code
     And nothing temporary is left beside the output
+
+  # Crashes, disk errors and concurrent runs. The harness watches the pipeline's system calls
+  # with the tracer (strace) and stops it at chosen moments; where the tracer cannot run here,
+  # those scenarios are skipped as "unavailable", and the run cannot be certified.
+
+  Scenario Outline: Killed at any file-system step, the pipeline leaves a whole output and the next run repairs it
+    Given the system-call tracer is available
+    When the pipeline is killed at each file-system step of <publication>, one run per step
+    Then after every kill the output is absent, the old version or the new version, complete
+    And after every kill the next normal run publishes the new version
+
+    Examples:
+      | publication                           |
+      | a first publication of 2000 rows      |
+      | an update from 2000 rows to 2500 rows |
+
+  Scenario: A reader polling the output while runs are killed at random moments and restarted never sees a partial file
+    Given the upstream serves 2000 rows
+    And the pipeline has published once
+    When 5 runs, each publishing a new version, are killed at random moments and restarted, while a reader polls the output
+    Then the reader only ever saw no output or a whole version of the data
+    And after every kill the next normal run publishes the new version
+
+  Scenario Outline: A disk error while publishing an update leaves the published version in place
+    Given the system-call tracer is available
+    And the upstream serves 2000 rows
+    And the pipeline has published once
+    When the upstream moves to a new version of 2500 rows
+    And the pipeline runs while its first <operation> for the new version fails with <error>
+    Then it exits with the code declared for "io_error"
+    And the output's bytes are unchanged
+    When the pipeline runs again
+    Then its request carried no validator of the version it failed to publish
+    And it exits with the code declared for "published"
+    And the output holds the upstream's rows in the upstream's order
+
+    Examples:
+      | operation | error  |
+      | write     | ENOSPC |
+      | write     | EIO    |
+      | fsync     | ENOSPC |
+      | fsync     | EIO    |
+      | rename    | ENOSPC |
+      | rename    | EIO    |
+
+  Scenario: The system calls of a publication show a temporary file beside the output, renamed over it, before the run-state
+    Given the system-call tracer is available
+    When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
+    Then the new version is written to a temporary file in the output's own directory and renamed over the output
+    And the output is never written in place
+    And the run-state is written only after the output is replaced
+
+  @recommended
+  Scenario: The system calls of a publication show every file flushed to disk before it is renamed
+    Given the system-call tracer is available
+    When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
+    Then every file is flushed to disk before it is renamed, and its directory after the rename
+
+  Scenario Outline: Two runs at once in one working directory, while the upstream changes, leave a whole output and a matching run-state
+    Given the upstream serves 2000 rows
+    When a second run starts in the same working directory while the first is <busy>, after the upstream moved to a new version of 2500 rows, and a reader polls the output meanwhile
+    Then both runs end with a code the profile declares
+    And the reader only ever saw no output or a whole version of the data
+    When the pipeline runs again
+    Then it sends only validators of the version it has published
+    And it exits with a success code
+    And the output holds the upstream's rows in the upstream's order
+
+    Examples:
+      | busy                                 |
+      | downloading the first version slowly |
+      | writing its file                     |

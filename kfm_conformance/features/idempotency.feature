@@ -30,3 +30,9 @@ Feature: Idempotent run-state
     When the pipeline runs again
     Then it sends only validators of the version it has published
     And the upstream answered 304
+
+  Scenario: Killed at any file-system step of an update, the pipeline never keeps a run-state for data it did not publish
+    Given the system-call tracer is available
+    When the pipeline is killed at each file-system step of an update from 2000 rows to 2500 rows, one run per step
+    Then after every kill the next run sends only validators of the version whose data survived
+    And after every kill the next normal run publishes the new version

@@ -7,12 +7,18 @@ guarantee was not checked, and an unchecked guarantee is not certified — Sonob
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import shlex
+import subprocess
 import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +165,211 @@ def base_provenance() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(terse=True),
     }
+
+
+#: Python distributions whose versions decide how the checks behave (shown in the provenance).
+TOOL_DISTRIBUTIONS = (
+    "pytest",
+    "pytest-bdd",
+    "pytest-xdist",
+    "pytest-httpserver",
+    "werkzeug",
+    "jsonschema",
+    "pyarrow",
+)
+
+
+def harness_commit() -> tuple[str, bool | None]:
+    """The harness's git commit (12 hex digits) and whether its tracked files differ from it.
+
+    ``("unknown", None)`` for an installed copy without a git checkout.
+    """
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return "unknown", None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", str(here.parent))
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return head.stdout.strip(), dirty
+
+
+def inventory_files() -> list[dict[str, str]]:
+    """Each packaged feature file with its sha256: the inventory the digest is made of."""
+    from kfm_conformance.features import feature_files
+
+    return [
+        {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        for path in feature_files()
+    ]
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOL_DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def services_used(
+    results: Iterable[dict[str, Any]], base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The services the run talked to, with their versions.
+
+    ``base`` is what the CLI knows (the provider); scenarios add what they saw through an
+    evidence key ``services`` (``{name: version}``). The scripted origin is always used.
+    """
+    services: dict[str, Any] = {"provider": "embedded", **(base or {})}
+    versions: dict[str, str] = {}
+    try:
+        versions["scripted-origin"] = (
+            f"pytest-httpserver {metadata.version('pytest-httpserver')}"
+            f" / werkzeug {metadata.version('werkzeug')}"
+        )
+    except metadata.PackageNotFoundError:
+        versions["scripted-origin"] = "pytest-httpserver"
+    for result in results:
+        seen = result.get("evidence", {}).get("services")
+        if isinstance(seen, dict):
+            versions.update({str(k): str(v) for k, v in seen.items()})
+        if "observability" in result.get("evidence", {}):
+            versions.setdefault(
+                "capture (OpenLineage sink, OTLP receiver)", f"kfm-conformance {__version__}"
+            )
+    services["versions"] = {**versions, **services.get("versions", {})}
+    return services
+
+
+def replay_command(profile: str, seed: int, selected: list[str] | None, strict: bool) -> str:
+    """The command line that replays a run's randomised choices."""
+    argv = ["kfm-conformance", "certify", "--profile", profile, "--seed", str(seed)]
+    if selected and set(selected) != set(guarantees.IDS):
+        argv += ["--only", *selected]
+    if strict:
+        argv.append("--strict")
+    return shlex.join(argv)
+
+
+def build_provenance(
+    *,
+    pipeline: dict[str, Any],
+    seed: int,
+    seed_given: bool,
+    started_at: str,
+    ended_at: str,
+    duration_s: float,
+    services: dict[str, Any],
+    jobs: int,
+    strict: bool,
+    selected: list[str],
+    profile_arg: str,
+    inventory_sha256: str,
+) -> dict[str, Any]:
+    """Everything a reviewer needs to know how a report was made, and to make it again."""
+    commit, dirty = harness_commit()
+    return {
+        **base_provenance(),
+        "run_id": str(uuid.uuid4()),
+        "blueprint_version": BLUEPRINT_VERSION,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "inventory_sha256": inventory_sha256,
+        "inventory": inventory_files(),
+        "pipeline_command": list(pipeline.get("command", [])),
+        "profile": pipeline.get("profile"),
+        "profile_sha256": pipeline.get("profile_sha256", ""),
+        "python_implementation": platform.python_implementation(),
+        "os": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+        },
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "duration_s": duration_s,
+        "seed": seed,
+        "seed_source": "given" if seed_given else "random",
+        "replay": replay_command(profile_arg, seed, selected, strict),
+        "services": services,
+        "tools": tool_versions(),
+        "jobs": jobs,
+    }
+
+
+def shell_text(words: Iterable[Any]) -> str:
+    """A command as a reader expects it: words quoted only when they hold spaces or quotes."""
+    return " ".join(
+        shlex.quote(w) if any(c in w for c in " \t\n'\"\\$`") or not w else w
+        for w in (str(word) for word in words)
+    )
+
+
+def provenance_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The provenance header as (label, text) rows, shared by the Markdown and HTML reports."""
+    prov = data.get("provenance", {})
+    pipeline = data.get("pipeline", {})
+    commit = str(prov.get("git_commit", "unknown"))
+    if prov.get("git_dirty"):
+        commit += " (with local changes)"
+    services = prov.get("services", {})
+    service_text = str(services.get("provider", "")) if isinstance(services, dict) else ""
+    versions = services.get("versions", {}) if isinstance(services, dict) else {}
+    if versions:
+        service_text += ": " + "; ".join(f"{k} {v}" for k, v in versions.items())
+    os_info = prov.get("os", {})
+    os_text = (
+        f"{os_info.get('system', '')} {os_info.get('release', '')} {os_info.get('machine', '')}"
+        if isinstance(os_info, dict) and os_info
+        else ""
+    ).strip() or str(prov.get("platform", ""))
+    command = prov.get("pipeline_command", pipeline.get("command", []))
+    seed = f"{prov.get('seed', '')}"
+    if prov.get("seed_source"):
+        seed += f" ({prov['seed_source']})"
+    tools = prov.get("tools", {})
+    return [
+        (
+            "Harness",
+            f"kfm-conformance {data.get('harness_version', prov.get('harness_version', ''))}"
+            f", commit {commit}",
+        ),
+        ("Blueprint", f"KFM {data.get('blueprint_version', prov.get('blueprint_version', ''))}"),
+        ("Check inventory", f"sha256 {prov.get('inventory_sha256', '')}"),
+        ("Pipeline", str(pipeline.get("name", ""))),
+        ("Pipeline command", shell_text(command)),
+        (
+            "Profile",
+            f"{pipeline.get('profile', prov.get('profile', ''))} sha256 "
+            f"{pipeline.get('profile_sha256', prov.get('profile_sha256', ''))}",
+        ),
+        (
+            "Python / OS",
+            f"{prov.get('python_implementation', 'Python')} {prov.get('python', '')} / {os_text}",
+        ),
+        (
+            "Started / ended",
+            f"{prov.get('started_at', '')} / {prov.get('ended_at', '')}"
+            + (f" ({prov['duration_s']} s)" if "duration_s" in prov else ""),
+        ),
+        ("Services", service_text),
+        ("Tools", ", ".join(f"{k} {v}" for k, v in tools.items()) if tools else ""),
+        ("Seed", seed),
+        ("Replay", str(prov.get("replay", ""))),
+        ("Level asked", "strict (SHOULDs too)" if data.get("strict") else "core (MUSTs)"),
+        ("Run ID", str(prov.get("run_id", ""))),
+    ] + (
+        [("OpenLineage schemas", json.dumps(prov["openlineage_schemas"], sort_keys=True))]
+        if prov.get("openlineage_schemas")
+        else []
+    )

@@ -1,0 +1,821 @@
+"""Crash points from a trace, and the crash campaign that kills the pipeline at each of them.
+
+A **recording** is one publishing run under ``strace``. Its **steps** are the system calls that
+change a file inside the working directory, or make such a change durable: opens that create or
+truncate, writes, ``fsync``/``fdatasync``, renames, unlinks, truncates (reads, ``.pyc`` files,
+``/tmp``, site-packages, pipes and sockets are ignored because they are outside the working
+directory). The **crash points** are every rename, sync, create/truncate and unlink, plus the
+first, middle and last write of each file. A crash "at" a step is ``SIGKILL`` on entry to it:
+every earlier step has happened, the step itself has not.
+
+How a kill is aimed. strace counts ``when=N`` per system call *and per tracee* (see
+:mod:`.strace`), so the harness aims at the step's own per-thread ordinal, unless another
+thread of the pipeline reaches that ordinal first. Then it aims at an equivalent call: any
+traced call of the same process between the previous step and this one (the working directory
+is in the same state before each of them). A step with no such call is reported unreachable.
+After each injected run the harness checks, from that run's own trace, that the kill landed
+where it was aimed: the targeted call never returned and exactly the expected number of steps
+had completed. Wherever the kill landed, the oracle is checked all the same.
+
+The oracle (after ALICE, OSDI 2014), checked from the outside after every crash:
+
+- the published output is absent (first publication only), the old version or the new version,
+  complete (digest of a clean run's output, else the rows compared with the payload); never a
+  mix, never truncated;
+- the next normal run against the new upstream exits with a success code and publishes the new
+  version (convergence);
+- the run-state never claims a version whose data is not published: the validators that next
+  run sends belong to the version whose data survived the crash (a state-before-data pipeline
+  sends the new version's validators, gets ``304`` and stays stale).
+
+Two cases: a first publication (fresh directory) and an update (the old version published, the
+upstream moved on, the old state present). Points run in parallel; each worker has its own
+origin, so the requests of a run can be told apart by time. Time-based kills at seeded random
+moments (no strace needed) complement the enumerated points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kfm_conformance import outputs
+from kfm_conformance.faults import strace
+from kfm_conformance.faults.strace import Syscall, Trace
+from kfm_conformance.profile import Profile
+from kfm_conformance.sandbox import RunResult, Sandbox, file_state
+from kfm_conformance.upstream import Exchange, Origin, Resource
+from kfm_conformance.verdict import Finding, HarnessError, required
+
+FIRST_PUBLICATION = "first-publication"
+UPDATE = "update"
+CASES = (FIRST_PUBLICATION, UPDATE)
+
+#: State files up to this size are shown as text in the evidence.
+STATE_TEXT_BYTES = 600
+
+SandboxFactory = Callable[[], Sandbox]
+
+
+# -- the versions a scenario served --------------------------------------------------------------
+@dataclass
+class KnownVersion:
+    """A version of the upstream data, and the digests of outputs known to hold it whole."""
+
+    label: str
+    resource: Resource
+    digests: set[str] = field(default_factory=set)
+
+    @property
+    def validators(self) -> dict[str, str]:
+        found = {}
+        if self.resource.last_modified is not None:
+            found["If-Modified-Since"] = self.resource.last_modified
+        if self.resource.etag is not None:
+            found["If-None-Match"] = self.resource.etag
+        return found
+
+
+class VersionBook:
+    """Which complete version an output holds: by digest first, else by comparing rows."""
+
+    def __init__(self, output_suffix: str) -> None:
+        self.versions: list[KnownVersion] = []
+        self._suffix = output_suffix
+        self._verdicts: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._scratch = Path(tempfile.mkdtemp(prefix="kfm-versions-"))
+
+    def add(self, label: str, resource: Resource) -> KnownVersion:
+        version = KnownVersion(label, resource)
+        self.versions.append(version)
+        return version
+
+    def get(self, label: str) -> KnownVersion:
+        for version in self.versions:
+            if version.label == label:
+                return version
+        raise KeyError(label)
+
+    def learn(self, label: str, digest: str | None) -> None:
+        if digest is None:
+            return
+        with self._lock:
+            self.get(label).digests.add(digest)
+            self._verdicts[digest] = label
+
+    def classify_path(self, path: Path) -> tuple[str, str | None]:
+        """(``absent`` | a version's label | ``torn``, the sha256 or ``None``)."""
+        state = file_state(path)
+        if state is None:
+            return "absent", None
+        return self._classify(state.sha256, lambda: path), state.sha256
+
+    def classify_bytes(self, data: bytes) -> tuple[str, str]:
+        digest = hashlib.sha256(data).hexdigest()
+
+        def materialise() -> Path:
+            copy = self._scratch / f"{digest[:16]}{self._suffix}"
+            copy.write_bytes(data)
+            return copy
+
+        return self._classify(digest, materialise), digest
+
+    def _classify(self, digest: str, locate: Callable[[], Path]) -> str:
+        with self._lock:
+            if digest in self._verdicts:
+                return self._verdicts[digest]
+        label = "torn"
+        path = locate()
+        for version in self.versions:
+            try:
+                same = outputs.compare_rows(version.resource.body, path).same
+            except (outputs.UnreadableOutput, ValueError):
+                break
+            if same:
+                label = version.label
+                break
+        with self._lock:
+            self._verdicts[digest] = label
+        return label
+
+    def close(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def state_files(sandbox: Sandbox, profile: Profile) -> dict[str, dict[str, Any]]:
+    """The run-state files (declared paths, else everything outside the output's directory):
+    digest, size, and the text when it is small."""
+    out_dir = Path(profile.output).parent.as_posix()
+    declared = profile.state
+    found: dict[str, dict[str, Any]] = {}
+    for rel, state in sandbox.files().items():
+        if rel == profile.output:
+            continue
+        if declared is not None:
+            if not any(
+                rel == d.rstrip("/") or rel.startswith(d.rstrip("/") + "/") for d in declared
+            ):
+                continue
+        elif Path(rel).parent.as_posix() == out_dir:
+            continue
+        entry: dict[str, Any] = {"sha256": state.sha256, "size": state.size}
+        if state.size <= STATE_TEXT_BYTES:
+            try:
+                entry["text"] = (sandbox.workdir / rel).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                pass
+        found[rel] = entry
+    return found
+
+
+def digests(files: dict[str, Any]) -> dict[str, str]:
+    return {rel: state.sha256[:16] for rel, state in files.items()}
+
+
+# -- recordings and crash points ---------------------------------------------------------------
+@dataclass
+class Recording:
+    """One publishing run under strace, and its trace."""
+
+    label: str
+    sandbox: Sandbox
+    result: RunResult
+    trace: Trace
+
+    @property
+    def steps(self) -> list[Syscall]:
+        return self.trace.steps_within(self.sandbox.workdir)
+
+    def describe_steps(self) -> list[str]:
+        return [step.describe(self.sandbox.workdir) for step in self.steps]
+
+
+def record(
+    sandbox: Sandbox,
+    url: str,
+    trace_dir: Path,
+    *,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+    inject: Sequence[str] = (),
+) -> Recording:
+    """Run the pipeline once under strace (optionally injecting) and parse the trace."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    trace_file = trace_dir / f"{sandbox.workdir.name}-{len(sandbox.runs) + 1}.trace"
+    result = sandbox.run(
+        url,
+        label=label,
+        extra_env=extra_env,
+        wrapper=strace.wrapper(trace_file, inject=inject),
+    )
+    return Recording(label, sandbox, result, strace.read_trace(trace_file, sandbox.workdir))
+
+
+@dataclass(frozen=True)
+class KillSite:
+    """The call a kill is aimed at: ``when=ordinal`` on ``syscall``."""
+
+    syscall: str
+    ordinal: int
+    exact: bool
+
+
+@dataclass(frozen=True)
+class CrashPoint:
+    """Crash just before step ``index`` of the recording (``index`` steps have happened)."""
+
+    index: int
+    step: str
+    why: str
+    path: str
+    site: KillSite
+
+    def label(self) -> str:
+        return f"before step {self.index + 1}: {self.why} — {self.step}"
+
+
+def _write_picks(steps: Sequence[Syscall]) -> dict[int, str]:
+    """First, middle and last write of each file: step index -> why."""
+    by_file: dict[str, list[int]] = {}
+    for index, step in enumerate(steps):
+        if step.kind == "write" and step.path:
+            by_file.setdefault(step.path, []).append(index)
+    picks: dict[int, str] = {}
+    for indexes in by_file.values():
+        count = len(indexes)
+        named = [(indexes[0], "first"), (indexes[count // 2], "middle"), (indexes[-1], "last")]
+        for index, which in named:
+            picks.setdefault(index, f"{which} write of {count}" if count > 1 else "only write")
+    return picks
+
+
+def targetable(calls: Sequence[Syscall], candidate: Syscall) -> bool:
+    """No other tracee reaches its own ``ordinal``-th call of this name before ``candidate``."""
+    if candidate.ordinal > strace.MAX_WHEN:
+        return False
+    reached: dict[int, int] = {}
+    for call in calls:
+        if call.seq >= candidate.seq:
+            break
+        if call.name == candidate.name and call.tid != candidate.tid:
+            reached[call.tid] = reached.get(call.tid, 0) + 1
+            if reached[call.tid] >= candidate.ordinal:
+                return False
+    return True
+
+
+def select_crash_points(trace: Trace, root: Path) -> tuple[list[CrashPoint], list[str]]:
+    """The crash points of a recorded run in ``root``, and the steps no kill can be aimed at."""
+    steps = trace.steps_within(root)
+    writes = _write_picks(steps)
+    points: list[CrashPoint] = []
+    unreachable: list[str] = []
+    calls = trace.calls
+    position = {call.seq: index for index, call in enumerate(calls)}
+    for index, step in enumerate(steps):
+        why = writes.get(index) if step.kind == "write" else step.kind
+        if why is None:
+            continue
+        if step.kind == "sync":
+            why = "fsync of a directory" if _is_dir_sync(step, steps) else "fsync"
+        lower = position[steps[index - 1].seq] if index else -1
+        window = calls[lower + 1 : position[step.seq] + 1]
+        site = None
+        for candidate in reversed(window):
+            same_process = trace.group_of(candidate.tid) == trace.group_of(step.tid)
+            if same_process and targetable(calls, candidate):
+                site = KillSite(candidate.name, candidate.ordinal, candidate.seq == step.seq)
+                break
+        rel = strace.relative_to(root, step.path or "") or (step.path or "?")
+        described = step.describe(root)
+        if site is None:
+            unreachable.append(f"step {index + 1}: {why} — {described}")
+            continue
+        points.append(CrashPoint(index, described, why, rel, site))
+    return points, unreachable
+
+
+def _is_dir_sync(step: Syscall, steps: Sequence[Syscall]) -> bool:
+    """A sync of a path that some other step created a file in (or the working directory)."""
+    target = step.path or ""
+    return any((s.target or "").startswith(target + "/") for s in steps) or not any(
+        s.path == target for s in steps if s.kind in ("create", "write")
+    )
+
+
+# -- the campaign --------------------------------------------------------------------------------
+@dataclass
+class PointResult:
+    """What one crash did, and what the oracle says about it."""
+
+    kind: str  # "strace" | "timed"
+    label: str
+    syscall: str | None
+    ordinal: int | None
+    path: str | None
+    landed: bool
+    landed_at: str
+    steps_done: int | None
+    exit_code: int | None
+    output: str
+    output_sha256: str | None
+    files: dict[str, str]
+    state: dict[str, dict[str, Any]]
+    recovery_exit: int | None
+    recovery_output: str
+    recovery_validators: dict[str, str | None]
+    workdir: str
+    problems_output: list[str] = field(default_factory=list)
+    problems_recovery: list[str] = field(default_factory=list)
+    problems_state: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.problems_output or self.problems_recovery or self.problems_state)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass
+class CampaignResult:
+    """Every crash of one case, the recording it was planned from, and the timings."""
+
+    case: str
+    recording_steps: list[str]
+    recording_exit: int | None
+    recording_problem: str | None
+    points: list[PointResult]
+    unreachable: list[str]
+    duration_s: float
+    keep: list[Sandbox] = field(default_factory=list)
+
+    @property
+    def explored(self) -> int:
+        return len(self.points)
+
+    @property
+    def landed(self) -> int:
+        return sum(1 for p in self.points if p.kind == "strace" and p.landed)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "case": self.case,
+            "crash_points_explored": self.explored,
+            "strace_points": sum(1 for p in self.points if p.kind == "strace"),
+            "strace_points_landed_as_aimed": self.landed,
+            "timed_kills": sum(1 for p in self.points if p.kind == "timed"),
+            "unreachable_steps": self.unreachable,
+            "duration_s": round(self.duration_s, 2),
+            "recording": {"exit_code": self.recording_exit, "steps": self.recording_steps},
+        }
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {**self.summary(), "points": [p.to_json() for p in self.points]}
+
+    def output_findings(self) -> list[Finding]:
+        bad = [p for p in self.points if p.problems_output]
+        return [
+            required(
+                "crash.output-whole",
+                not bad,
+                f"after {len(bad)} of {self.explored} crashes the output was not a complete "
+                "version: " + "; ".join(f"{p.label}: {p.problems_output[0]}" for p in bad[:3]),
+                expected=_allowed_text(self.case),
+                observed=[_brief(p) for p in bad[:8]],
+            )
+        ]
+
+    def recovery_findings(self) -> list[Finding]:
+        bad = [p for p in self.points if p.problems_recovery]
+        return [
+            required(
+                "crash.recovery-converges",
+                not bad,
+                f"after {len(bad)} of {self.explored} crashes the next normal run did not "
+                "publish the new version: "
+                + "; ".join(f"{p.label}: {p.problems_recovery[0]}" for p in bad[:3]),
+                expected="a success code, and the new version's rows at the output",
+                observed=[_brief(p) for p in bad[:8]],
+            )
+        ]
+
+    def state_findings(self) -> list[Finding]:
+        bad = [p for p in self.points if p.problems_state]
+        return [
+            required(
+                "crash.state-matches-output",
+                not bad,
+                f"after {len(bad)} of {self.explored} crashes the run-state claimed a version "
+                "whose data was not published: "
+                + "; ".join(f"{p.label}: {p.problems_state[0]}" for p in bad[:3]),
+                expected="the next run sends only validators of the version whose data survived",
+                observed=[_brief(p) for p in bad[:8]],
+            )
+        ]
+
+    def exploration_findings(self) -> list[Finding]:
+        """The runs the campaign is planned from published: else nothing can be planned."""
+        return [
+            required(
+                "crash.clean-publication",
+                self.recording_problem is None,
+                self.recording_problem or "",
+                expected="a clean publication to plan the crash points from",
+                observed={"exit_code": self.recording_exit, "steps": self.recording_steps[:40]},
+            )
+        ]
+
+
+def _allowed_text(case: str) -> str:
+    if case == FIRST_PUBLICATION:
+        return "no output, or the new version complete"
+    return "the old version complete, or the new version complete"
+
+
+def _brief(point: PointResult) -> dict[str, Any]:
+    return {
+        "crash": point.label,
+        "landed_at": point.landed_at,
+        "output": point.output,
+        "recovery_exit": point.recovery_exit,
+        "recovery_output": point.recovery_output,
+        "recovery_validators": point.recovery_validators,
+        "state": {k: v.get("text", v["sha256"][:16]) for k, v in point.state.items()},
+        "problems": point.problems_output + point.problems_recovery + point.problems_state,
+        "workdir": point.workdir,
+    }
+
+
+@dataclass
+class _Worker:
+    """One parallel lane: its own origin (so its requests can be attributed) and template."""
+
+    origin: Origin
+    template: Path | None = None
+
+
+class CrashCampaign:
+    """Plan crash points from a recording of ``case``, kill the pipeline at each, judge."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        make_sandbox: SandboxFactory,
+        *,
+        case: str,
+        old: Resource | None,
+        new: Resource,
+        extra_env: dict[str, str] | None = None,
+        workers: int = 2,
+        timed_kills: int = 2,
+        seed: int = 0,
+        keep_passing_dirs: bool = False,
+        use_strace: bool = True,
+    ) -> None:
+        if case not in CASES:
+            raise ValueError(f"unknown case {case!r}; known: {CASES}")
+        if case == UPDATE and old is None:
+            raise ValueError("an update needs an old version")
+        self.profile = profile
+        self.make_sandbox = make_sandbox
+        self.case = case
+        self.extra_env = dict(extra_env or {})
+        self.workers = max(1, workers)
+        self.timed_kills = timed_kills
+        self.rng = random.Random(f"{seed}:{case}")
+        self.keep_passing_dirs = keep_passing_dirs
+        self.use_strace = use_strace
+        self.book = VersionBook(Path(profile.output).suffix)
+        self.old = self.book.add("old", old) if old is not None else None
+        self.new = self.book.add("new", new)
+        self._trace_dir = Path(tempfile.mkdtemp(prefix="kfm-traces-"))
+        self._lanes: queue.Queue[_Worker] = queue.Queue()
+        self._keep: list[Sandbox] = []
+        self._keep_lock = threading.Lock()
+        self._clean_duration_s = 1.0
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _prepare_lane(self, lane: _Worker) -> Sandbox | None:
+        """Warm the interpreter's caches and, for an update, publish the old version."""
+        box = self.make_sandbox()
+        if self.old is not None:
+            lane.origin.serve(self.old.resource)
+        else:
+            lane.origin.serve(self.new.resource)
+        result = box.run(
+            lane.origin.url, label="set-up: clean publication", extra_env=self.extra_env
+        )
+        label, digest = self.book.classify_path(box.output_path)
+        wanted = self.old.label if self.old is not None else self.new.label
+        if result.exit_code not in self.profile.exit_codes.success_codes() or label != wanted:
+            raise _SetupFailed(
+                f"the set-up publication exited {result.exit_code} and left {label!r} "
+                f"(wanted {wanted!r})",
+                box,
+            )
+        self.book.learn(wanted, digest)
+        self._clean_duration_s = max(result.duration_s, 0.05)
+        lane.origin.serve(self.new.resource)
+        if self.old is not None:
+            lane.template = box.workdir
+            return box
+        shutil.rmtree(box.workdir, ignore_errors=True)
+        return None
+
+    def _fresh(self, lane: _Worker) -> Sandbox:
+        box = self.make_sandbox()
+        if lane.template is not None:
+            shutil.copytree(lane.template, box.workdir, dirs_exist_ok=True, symlinks=True)
+        return box
+
+    # -- the campaign --------------------------------------------------------------------------
+    def run(self) -> CampaignResult:
+        started = time.monotonic()
+        lanes = [_Worker(Origin()) for _ in range(self.workers)]
+        try:
+            try:
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    kept = list(pool.map(self._prepare_lane, lanes))
+            except _SetupFailed as failed:
+                self._keep.append(failed.sandbox)
+                return self._setup_failure(failed, started)
+            self._keep.extend(box for box in kept[:1] if box is not None)
+            for lane in lanes:
+                self._lanes.put(lane)
+            points: list[CrashPoint] = []
+            unreachable: list[str] = []
+            steps: list[str] = []
+            recording_exit: int | None = None
+            problem: str | None = None
+            if self.use_strace:
+                recording = self._record(lanes[0])
+                recording_exit = recording.result.exit_code
+                steps = recording.describe_steps()
+                self._keep.append(recording.sandbox)
+                label, digest = self.book.classify_path(recording.sandbox.output_path)
+                if label == self.new.label:
+                    self.book.learn(self.new.label, digest)
+                if recording_exit not in self.profile.exit_codes.success_codes() or label != "new":
+                    problem = (
+                        f"the publishing run recorded under strace exited {recording_exit} and "
+                        f"left {label!r} at the output, not the new version"
+                    )
+                points, unreachable = select_crash_points(
+                    recording.trace, recording.sandbox.workdir
+                )
+            jobs: list[CrashPoint | float] = [*points, *self._timed_delays()]
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                results = list(pool.map(self._run_job, jobs))
+            return CampaignResult(
+                case=self.case,
+                recording_steps=steps,
+                recording_exit=recording_exit,
+                recording_problem=problem,
+                points=results,
+                unreachable=unreachable,
+                duration_s=time.monotonic() - started,
+                keep=list(self._keep),
+            )
+        finally:
+            for lane in lanes:
+                lane.origin.close()
+            self.book.close()
+            shutil.rmtree(self._trace_dir, ignore_errors=True)
+
+    def _setup_failure(self, failed: _SetupFailed, started: float) -> CampaignResult:
+        return CampaignResult(
+            case=self.case,
+            recording_steps=[],
+            recording_exit=failed.sandbox.runs[-1].exit_code if failed.sandbox.runs else None,
+            recording_problem=str(failed),
+            points=[],
+            unreachable=[],
+            duration_s=time.monotonic() - started,
+            keep=list(self._keep),
+        )
+
+    def _record(self, lane: _Worker) -> Recording:
+        box = self._fresh(lane)
+        return record(
+            box,
+            lane.origin.url,
+            self._trace_dir,
+            label=f"recording: {self.case.replace('-', ' ')} under strace",
+            extra_env=self.extra_env,
+        )
+
+    def _timed_delays(self) -> list[float]:
+        base = self._clean_duration_s
+        return [round(self.rng.uniform(0.3, 1.1) * base, 4) for _ in range(self.timed_kills)]
+
+    def _run_job(self, job: CrashPoint | float) -> PointResult:
+        """One crash on a free lane: a strace crash point, or a kill after ``job`` seconds."""
+        lane = self._lanes.get()
+        try:
+            if isinstance(job, CrashPoint):
+                return self._strace_point(lane, job)
+            return self._timed_point(lane, job)
+        finally:
+            self._lanes.put(lane)
+
+    # -- one crash ---------------------------------------------------------------------------
+    def _strace_point(self, lane: _Worker, point: CrashPoint) -> PointResult:
+        box = self._fresh(lane)
+        recording = record(
+            box,
+            lane.origin.url,
+            self._trace_dir,
+            label=f"crash {point.label()}",
+            extra_env=self.extra_env,
+            inject=[strace.kill_at(point.site.syscall, point.site.ordinal)],
+        )
+        steps_done = sum(1 for s in recording.steps if s.finished)
+        hit = [
+            c
+            for c in recording.trace.cut_off()
+            if c.name == point.site.syscall and c.ordinal == point.site.ordinal
+        ]
+        landed = bool(hit) and steps_done == point.index
+        if hit:
+            where = f"{hit[0].describe(box.workdir)} after {steps_done} steps"
+        else:
+            where = f"not reached: the run exited {recording.result.exit_code}"
+        return self._judge(
+            lane,
+            box,
+            kind="strace",
+            label=point.label(),
+            crash=recording.result,
+            syscall=point.site.syscall,
+            ordinal=point.site.ordinal,
+            path=point.path,
+            landed=landed,
+            landed_at=where,
+            steps_done=steps_done,
+        )
+
+    def _timed_point(self, lane: _Worker, delay_s: float) -> PointResult:
+        box = self._fresh(lane)
+        running = box.start(
+            lane.origin.url, label=f"killed after {delay_s:.3f} s", extra_env=self.extra_env
+        )
+        time.sleep(delay_s)
+        running.kill(signal.SIGKILL)
+        result = box.record(running.wait())
+        killed = result.exit_code == -signal.SIGKILL
+        return self._judge(
+            lane,
+            box,
+            kind="timed",
+            label=f"SIGKILL after {delay_s:.3f} s",
+            crash=result,
+            syscall=None,
+            ordinal=None,
+            path=None,
+            landed=killed,
+            landed_at="killed" if killed else f"finished first (exit {result.exit_code})",
+            steps_done=None,
+        )
+
+    def _judge(
+        self,
+        lane: _Worker,
+        box: Sandbox,
+        *,
+        kind: str,
+        label: str,
+        crash: RunResult,
+        syscall: str | None,
+        ordinal: int | None,
+        path: str | None,
+        landed: bool,
+        landed_at: str,
+        steps_done: int | None,
+    ) -> PointResult:
+        output, sha = self.book.classify_path(box.output_path)
+        files = digests(box.files())
+        state = state_files(box, self.profile)
+        problems_output: list[str] = []
+        allowed = {self.new.label} | ({self.old.label} if self.old else {"absent"})
+        if output not in allowed:
+            problems_output.append(
+                "the output vanished" if output == "absent" else f"the output is {output}"
+            )
+        survived = self.book.get(output) if output in ("old", "new") else None
+        recovery = box.run(
+            lane.origin.url, label="recovery: a normal run", extra_env=self.extra_env
+        )
+        request = _request_of(lane.origin, recovery)
+        sent = {
+            "If-Modified-Since": request.header("if-modified-since") if request else None,
+            "If-None-Match": request.header("if-none-match") if request else None,
+        }
+        after, _ = self.book.classify_path(box.output_path)
+        problems_recovery: list[str] = []
+        if recovery.exit_code not in self.profile.exit_codes.success_codes():
+            problems_recovery.append(f"the next run exited {recovery.exit_code}")
+        if after != self.new.label:
+            problems_recovery.append(
+                f"after the next run the output is {after}, not the new version"
+            )
+        problems_state: list[str] = []
+        # A torn or vanished output has failed already; the state is judged against whole data.
+        # A state that lags behind the data only costs a download; one that runs ahead of it
+        # gets a 304 and leaves the output stale for good.
+        allowed_validators: dict[str, set[str]] = {}
+        if survived is not None:
+            for version in self.book.versions[: self.book.versions.index(survived) + 1]:
+                for header, value in version.validators.items():
+                    allowed_validators.setdefault(header, set()).add(value)
+        foreign = {
+            k: v
+            for k, v in sent.items()
+            if v is not None and v not in allowed_validators.get(k, ())
+        }
+        if foreign and (survived is not None or output == "absent"):
+            claimed = [
+                v.label
+                for v in self.book.versions
+                if any(v.validators.get(k) == value for k, value in foreign.items())
+            ]
+            holder = survived.label if survived else output
+            problems_state.append(
+                f"with {holder} data at the output the next run sent {foreign}"
+                + (f" (validators of the {claimed[0]} version)" if claimed else "")
+            )
+        result = PointResult(
+            kind=kind,
+            label=label,
+            syscall=syscall,
+            ordinal=ordinal,
+            path=path,
+            landed=landed,
+            landed_at=landed_at,
+            steps_done=steps_done,
+            exit_code=crash.exit_code,
+            output=output,
+            output_sha256=sha,
+            files=files,
+            state=state,
+            recovery_exit=recovery.exit_code,
+            recovery_output=after,
+            recovery_validators=sent,
+            workdir=box.workdir.name,
+            problems_output=problems_output,
+            problems_recovery=problems_recovery,
+            problems_state=problems_state,
+        )
+        if result.ok and not self.keep_passing_dirs:
+            shutil.rmtree(box.workdir, ignore_errors=True)
+        else:
+            with self._keep_lock:
+                self._keep.append(box)
+        return result
+
+
+class _SetupFailed(Exception):
+    def __init__(self, message: str, sandbox: Sandbox) -> None:
+        super().__init__(message)
+        self.sandbox = sandbox
+
+
+def _request_of(origin: Origin, run: RunResult) -> Exchange | None:
+    seen = [e for e in origin.requests_for() if run.started_at <= e.at <= run.ended_at]
+    return seen[0] if seen else None
+
+
+def run_campaign(
+    profile: Profile,
+    make_sandbox: SandboxFactory,
+    *,
+    case: str,
+    old: Resource | None,
+    new: Resource,
+    **options: Any,
+) -> CampaignResult:
+    """Convenience wrapper: build a :class:`CrashCampaign` and run it."""
+    return CrashCampaign(profile, make_sandbox, case=case, old=old, new=new, **options).run()
+
+
+def require_some_crash(result: CampaignResult) -> None:
+    """A campaign that explored nothing proves nothing: that is the harness's failure."""
+    if not result.points:
+        raise HarnessError(
+            f"the {result.case} crash campaign explored no crash point "
+            f"(unreachable: {result.unreachable[:3]})"
+        )

@@ -1,0 +1,251 @@
+"""strace output becomes typed system-call records: paths resolved from ``-y`` annotations and
+relative names, per-thread ordinals as strace's ``when=`` counts them, threads told from
+processes, kills and injections recognised. Synthetic traces in strace 6's exact format, plus a
+live trace where strace works (marker ``faults``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfm_conformance.faults import strace
+from kfm_conformance.faults.crash import select_crash_points
+from kfm_conformance.faults.strace import decode_string, parse_trace, split_args
+from kfm_conformance.verdict import NotApplicable, SkipKind
+
+WD = "/sandbox/wd"
+
+#: A small correct publication, as ``strace -f -y -o`` prints it (paths are synthetic).
+PUBLICATION = f"""\
+100 openat(AT_FDCWD<{WD}>, "/usr/lib/python3.11/json/__init__.py", O_RDONLY|O_CLOEXEC) = 3</usr/lib/python3.11/json/__init__.py>
+100 openat(AT_FDCWD<{WD}>, ".state/state.json", O_RDONLY|O_CLOEXEC) = -1 ENOENT (No such file or directory)
+100 openat(AT_FDCWD<{WD}>, ".state/lock", O_WRONLY|O_CREAT|O_APPEND|O_CLOEXEC, 0666) = 3<{WD}/.state/lock>
+100 write(2<pipe:[4242]>, "fetching\\n", 9) = 9
+100 clone3({{flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM, child_tid=0x7f}} => {{parent_tid=[101]}}, 88) = 101
+101 openat(AT_FDCWD<{WD}>, "/usr/lib/libzstd.so", O_RDONLY|O_CLOEXEC) = 5</usr/lib/libzstd.so>
+100 openat(AT_FDCWD<{WD}>, "{WD}/out/.data.parquet.ab12cd34.tmp", O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600) = 4<{WD}/out/.data.parquet.ab12cd34.tmp>
+100 write(4<{WD}/out/.data.parquet.ab12cd34.tmp>, "PAR1\\25\\4\\25\\200"..., 4096 <unfinished ...>
+101 write(5<socket:[77]>, "x", 1) = 1
+100 <... write resumed>) = 4096
+100 write(4<{WD}/out/.data.parquet.ab12cd34.tmp>, "\\0\\0"..., 4096) = 4096
+100 write(4<{WD}/out/.data.parquet.ab12cd34.tmp>, "PAR1", 4) = 4
+100 fsync(4<{WD}/out/.data.parquet.ab12cd34.tmp>) = 0
+100 rename("{WD}/out/.data.parquet.ab12cd34.tmp", "out/data.parquet") = 0
+100 openat(AT_FDCWD<{WD}>, "out", O_RDONLY|O_CLOEXEC) = 4<{WD}/out>
+100 fsync(4<{WD}/out>) = 0
+100 openat(AT_FDCWD<{WD}>, "{WD}/.state/.state.json.zz99yy88.tmp", O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600) = 4<{WD}/.state/.state.json.zz99yy88.tmp>
+100 write(4<{WD}/.state/.state.json.zz99yy88.tmp>, "{{\\"etag\\": null}}", 14) = 14
+100 fsync(4<{WD}/.state/.state.json.zz99yy88.tmp>) = 0
+100 renameat2(AT_FDCWD<{WD}>, ".state/.state.json.zz99yy88.tmp", AT_FDCWD<{WD}>, ".state/state.json", RENAME_NOREPLACE) = 0
+100 openat(AT_FDCWD<{WD}>, ".state", O_RDONLY|O_CLOEXEC) = 4<{WD}/.state>
+100 fsync(4<{WD}/.state>) = 0
+100 unlinkat(AT_FDCWD<{WD}>, "out/.scratch", 0) = -1 ENOENT (No such file or directory)
+101 +++ exited with 0 +++
+100 +++ exited with 0 +++
+"""  # noqa: E501
+
+
+def test_paths_are_resolved_and_ordinals_are_per_thread() -> None:
+    trace = parse_trace(PUBLICATION, WD)
+    lock = next(c for c in trace.calls if c.path == f"{WD}/.state/lock")
+    assert lock.kind == "create" and lock.ordinal == 3 and "O_CREAT" in lock.flags
+    missing = trace.calls[1]
+    assert missing.errno == "ENOENT" and missing.path == f"{WD}/.state/state.json"
+    worker_open = next(c for c in trace.calls if c.tid == 101 and c.name == "openat")
+    assert worker_open.ordinal == 1  # the worker's own first openat, not the process's fifth
+    writes = [c for c in trace.calls if c.name == "write" and c.tid == 100]
+    assert [w.ordinal for w in writes] == [1, 2, 3, 4, 5]
+    rename = next(c for c in trace.calls if c.name == "rename")
+    assert rename.paths == (f"{WD}/out/.data.parquet.ab12cd34.tmp", f"{WD}/out/data.parquet")
+    renameat2 = next(c for c in trace.calls if c.name == "renameat2")
+    assert renameat2.target == f"{WD}/.state/state.json"
+    assert "RENAME_NOREPLACE" in renameat2.flags
+    assert trace.group_of(101) == trace.group_of(100) == 100
+    assert trace.endings == {101: "exited with 0", 100: "exited with 0"}
+
+
+def test_unfinished_and_resumed_halves_make_one_call_in_order_of_entry() -> None:
+    trace = parse_trace(PUBLICATION, WD)
+    first_data = [c for c in trace.calls if c.name == "write" and c.path and "ab12" in c.path]
+    assert first_data[0].result == "4096" and first_data[0].finished
+    socket_write = next(c for c in trace.calls if c.tid == 101 and c.name == "write")
+    assert socket_write.seq > first_data[0].seq  # entered after the unfinished write
+    assert socket_write.paths == ()  # a socket is no file
+
+
+def test_steps_within_the_working_directory_ignore_everything_else() -> None:
+    steps = parse_trace(PUBLICATION, WD).steps_within(Path(WD))
+    shown = [s.describe(Path(WD)) for s in steps]
+    assert shown == [
+        "openat(.state/lock)",
+        "openat(out/.data.parquet.ab12cd34.tmp)",
+        "write(out/.data.parquet.ab12cd34.tmp)",
+        "write(out/.data.parquet.ab12cd34.tmp)",
+        "write(out/.data.parquet.ab12cd34.tmp)",
+        "fsync(out/.data.parquet.ab12cd34.tmp)",
+        "rename(out/.data.parquet.ab12cd34.tmp -> out/data.parquet)",
+        "fsync(out)",
+        "openat(.state/.state.json.zz99yy88.tmp)",
+        "write(.state/.state.json.zz99yy88.tmp)",
+        "fsync(.state/.state.json.zz99yy88.tmp)",
+        "renameat2(.state/.state.json.zz99yy88.tmp -> .state/state.json)",
+        "fsync(.state)",
+        "unlinkat(out/.scratch)",
+    ]
+
+
+def test_crash_points_cover_every_rename_sync_create_unlink_and_first_middle_last_write() -> None:
+    points, unreachable = select_crash_points(parse_trace(PUBLICATION, WD), Path(WD))
+    assert not unreachable
+    whys = [p.why for p in points]
+    assert whys == [
+        "create",
+        "create",
+        "first write of 3",
+        "middle write of 3",
+        "last write of 3",
+        "fsync",
+        "rename",
+        "fsync of a directory",
+        "create",
+        "only write",
+        "fsync",
+        "rename",
+        "fsync of a directory",
+        "unlink",
+    ]
+    assert all(p.site.exact for p in points)
+    assert points[2].site == strace_site("write", 2)  # the tracee's second write (after stderr)
+
+
+def strace_site(name: str, ordinal: int) -> object:
+    from kfm_conformance.faults.crash import KillSite
+
+    return KillSite(name, ordinal, True)
+
+
+def test_a_step_another_thread_would_preempt_is_aimed_at_an_equivalent_call() -> None:
+    text = f"""\
+200 openat(AT_FDCWD<{WD}>, "/lib/a.so", O_RDONLY) = 3</lib/a.so>
+200 openat(AT_FDCWD<{WD}>, "/lib/b.so", O_RDONLY) = 3</lib/b.so>
+200 clone3({{flags=CLONE_VM|CLONE_THREAD}}, 88) = 201
+200 write(3<{WD}/out/body.tmp>, "x", 1) = 1
+200 openat(AT_FDCWD<{WD}>, "/lib/c.so", O_RDONLY) = 3</lib/c.so>
+201 openat(AT_FDCWD<{WD}>, "{WD}/out/.data.tmp", O_RDWR|O_CREAT|O_EXCL, 0600) = 4<{WD}/out/.data.tmp>
+"""  # noqa: E501
+    points, unreachable = select_crash_points(parse_trace(text, WD), Path(WD))
+    create = next(p for p in points if p.why == "create")
+    # The worker's first openat would be preempted by the main thread's first openat; the main
+    # thread's third openat (between the previous step and this one) leaves the same files.
+    assert create.site.syscall == "openat" and create.site.ordinal == 3
+    assert not create.site.exact and not unreachable
+
+
+def test_kills_and_injections_are_recognised() -> None:
+    text = f"""\
+300 write(3<{WD}/out/x.tmp>, "a", 1) = -1 ENOSPC (No space left on device) (INJECTED)
+300 rename("out/x.tmp", "out/data.parquet") = ?
+300 +++ killed by SIGKILL +++
+"""
+    trace = parse_trace(text, WD)
+    assert trace.injected()[0].errno == "ENOSPC"
+    assert trace.cut_off()[0].name == "rename" and not trace.cut_off()[0].finished
+    assert trace.killed
+
+
+def test_a_call_never_resumed_counts_as_cut_off() -> None:
+    text = f"300 fsync(3<{WD}/out/x.tmp> <unfinished ...>\n301 +++ killed by SIGKILL +++\n"
+    trace = parse_trace(text, WD)
+    assert trace.calls[0].name == "fsync" and trace.calls[0].result is None
+    assert trace.calls[0].path == f"{WD}/out/x.tmp"
+
+
+def test_annotations_strings_and_arguments() -> None:
+    assert split_args('3<TCP:[127.0.0.1:1->127.0.0.1:80]>, "a,b"..., 4') == [
+        "3<TCP:[127.0.0.1:1->127.0.0.1:80]>",
+        '"a,b"...',
+        "4",
+    ]
+    assert decode_string(r'"caf\303\251 \"q\" \x41\n"') == 'café "q" A\n'
+    assert decode_string("AT_FDCWD") is None
+    deleted = parse_trace(f'5 write(3<{WD}/out/t.tmp (deleted)>, "", 0) = 0\n', WD)
+    assert deleted.calls[0].path == f"{WD}/out/t.tmp"
+
+
+def test_relative_names_follow_the_threads_current_directory() -> None:
+    text = (
+        '7 openat(AT_FDCWD</elsewhere>, "x", O_RDONLY) = -1 ENOENT (No such file)\n'
+        '7 unlink("out/old.tmp") = 0\n'
+    )
+    trace = parse_trace(text, WD)
+    assert trace.calls[1].path == "/elsewhere/out/old.tmp"
+
+
+def test_missing_strace_is_unavailable_not_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(strace.STRACE_ENV, "")
+    strace.probe.cache_clear()
+    try:
+        assert not strace.probe().ok
+        with pytest.raises(NotApplicable) as raised:
+            strace.require_strace()
+        assert raised.value.kind is SkipKind.UNAVAILABLE
+        assert raised.value.reason.startswith("strace unavailable: ")
+    finally:
+        strace.probe.cache_clear()
+
+
+needs_strace = pytest.mark.skipif(not strace.probe().ok, reason="strace unavailable here")
+
+PROGRAM = """
+import os, threading
+fd = os.open("a.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"a")
+os.write(fd, b"a")
+def worker():
+    other = os.open("b.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for i in range(3):
+        os.write(other, b"b")
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+os.write(fd, b"a")
+os.fsync(fd)
+os.close(fd)
+os.replace("a.tmp", "a.txt")
+"""
+
+
+def _traced(tmp_path: Path, *inject: str) -> tuple[subprocess.CompletedProcess[bytes], Path]:
+    trace_file = tmp_path.parent / f"{tmp_path.name}.trace"
+    argv = [*strace.wrapper(trace_file, inject=inject), sys.executable, "-c", PROGRAM]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, check=False, timeout=60)
+    return done, trace_file
+
+
+@pytest.mark.faults
+@needs_strace
+def test_a_live_trace_parses(tmp_path: Path) -> None:
+    done, trace_file = _traced(tmp_path)
+    assert done.returncode == 0, done.stderr
+    steps = strace.read_trace(trace_file, tmp_path).steps_within(tmp_path)
+    kinds = [(s.name, s.describe(tmp_path)) for s in steps]
+    assert ("fsync", "fsync(a.tmp)") in kinds
+    assert any(name.startswith("rename") and "a.tmp -> a.txt" in shown for name, shown in kinds)
+    assert sum(1 for name, shown in kinds if name == "write" and shown == "write(b.txt)") == 3
+
+
+@pytest.mark.faults
+@needs_strace
+def test_when_counts_per_thread(tmp_path: Path) -> None:
+    """The main thread writes twice, then a worker three times: the process's third write is
+    the worker's first, yet a kill at ``when=3`` lands on the worker's own third write."""
+    done, trace_file = _traced(tmp_path, strace.kill_at("write", 3))
+    assert done.returncode == -9
+    trace = strace.read_trace(trace_file, tmp_path)
+    (cut,) = [c for c in trace.cut_off() if c.name == "write"]
+    assert cut.path == str(tmp_path / "b.txt") and cut.ordinal == 3
+    assert (tmp_path / "b.txt").read_bytes() == b"bb"
+    assert (tmp_path / "a.tmp").read_bytes() == b"aa"
