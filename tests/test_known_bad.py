@@ -56,7 +56,7 @@ def test_known_bad_pipeline_is_refused_on_its_guarantee(entry: dict[str, Any], t
         assert scenario["message"], scenario["check_id"]
         assert scenario["evidence"]["runs"], "a refusal must carry the runs as evidence"
         broken = [f for f in scenario["findings"] if not f["ok"]]
-        assert scenario["message"] in [f["message"] for f in broken]
+        assert any(f["message"] in scenario["message"] for f in broken)
     if entry["verdict"] == "fail":
         assert code == 1
         assert report["verdict"] == "not-certified"

@@ -9,6 +9,7 @@ Feature: Write-ahead temp file, then atomic replace
     Given the upstream serves 8000 rows
     When a reader polls the output while the pipeline publishes it
     Then it exits with the code declared for "published"
+    And the output holds the upstream's rows in the upstream's order
     When the upstream moves to a new version of 10000 rows
     And a reader polls the output while the pipeline runs again
     Then it exits with the code declared for "published"
