@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import certify
 
 
@@ -45,7 +44,7 @@ output = "out/data.parquet"
     ],
 )
 def test_bad_profile_is_one_line_and_exit_2(tmp_path: Path, text: str, names: str) -> None:
-    code, out, err = certify(
+    code, _, err = certify(
         "certify", "--profile", str(_profile(tmp_path, text)), "--report-dir", str(tmp_path / "r")
     )
     assert code == 2
@@ -75,10 +74,11 @@ def test_usage_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_hanging_pipeline_fails_at_its_timeout_with_evidence(tmp_path: Path) -> None:
-    text = GOOD.replace('"-c", "pass"', '"-c", "import time; print(\'working\', flush=True); time.sleep(600)"')
+    sleeper = "import time; print('working', flush=True); time.sleep(600)"
+    text = GOOD.replace('"-c", "pass"', f'"-c", "{sleeper}"')
     text += "timeout_s = 1.5\n"
     report_dir = tmp_path / "r"
-    code, out, err = certify(
+    code, _, err = certify(
         "certify", "--profile", str(_profile(tmp_path, text)), "--report-dir", str(report_dir),
         "--only", "exit-codes",
     )

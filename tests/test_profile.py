@@ -33,5 +33,5 @@ def test_a_failure_may_not_share_a_success_code(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text('[pipeline]\nname="p"\ncommand=["x"]\noutput="o.parquet"\n'
                     "[exit_codes]\nio_error = 0\n")
-    with pytest.raises(ConfigurationError, match="exit_codes.io_error"):
+    with pytest.raises(ConfigurationError, match=r"exit_codes\.io_error"):
         load_profile(path)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from kfm_conformance.provenance import (
     checksum_claims,
+    jsonld_nodes,
     judge_dcat,
     judge_digest,
     judge_prov,
     judge_stac,
-    jsonld_nodes,
 )
 
 OUT = Path("out/data.parquet")

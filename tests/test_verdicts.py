@@ -4,7 +4,6 @@ never passes or fails; a broken requirement is a fail; a SHOULD is a warn."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
