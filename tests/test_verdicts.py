@@ -26,7 +26,9 @@ def _run(pytester: pytest.Pytester, feature: str, steps: str) -> list[dict]:
     profile = pytester.path / "profile.toml"
     profile.write_text(PROFILE)
     results = pytester.path / "results"
-    pytester.runpytest_subprocess("--kfm-profile", str(profile), "--kfm-results", str(results))
+    pytester.runpytest_subprocess(
+        "test_probe.py", "--kfm-profile", str(profile), "--kfm-results", str(results)
+    )
     return [
         json.loads(line)
         for path in sorted(results.glob("scenarios-*.jsonl"))
