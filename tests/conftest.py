@@ -36,13 +36,22 @@ def fixture_profile(
 
 
 def openlineage_spec() -> Path:
-    """The OpenLineage schema cache; when it is absent a test fails under CI, else skips."""
-    if (OPENLINEAGE_SPEC / "OpenLineage.json").is_file():
-        return OPENLINEAGE_SPEC
-    message = f"the OpenLineage schemas are not at {OPENLINEAGE_SPEC}"
+    """The OpenLineage schema cache (``KFM_OPENLINEAGE_SCHEMAS``, else the shared copy beside
+    the repository); when it is absent a test fails under CI, else skips."""
+    configured = os.environ.get("KFM_OPENLINEAGE_SCHEMAS")
+    spec = Path(configured) if configured else OPENLINEAGE_SPEC
+    if (spec / "OpenLineage.json").is_file():
+        return spec
+    message = f"the OpenLineage schemas are not at {spec}"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def openlineage_schema_dir() -> Path:
+    """:func:`openlineage_spec` as a fixture, for tests in subfolders."""
+    return openlineage_spec()
 
 
 def _toml(data: dict[str, Any]) -> str:

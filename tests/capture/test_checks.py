@@ -63,22 +63,9 @@ NAMESPACE = "kfm-test"
 JOB = "kfm.ingest"
 
 
-def _schema_dir() -> Path:
-    configured = os.environ.get("KFM_OPENLINEAGE_SCHEMAS")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "openlineage-spec"
-
-
 @pytest.fixture(scope="module")
-def schemas() -> OpenLineageSchemas:
-    path = _schema_dir()
-    if not (path / "OpenLineage.json").is_file():
-        message = "OpenLineage schema cache not found (../shared/openlineage-spec)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return OpenLineageSchemas(path)
+def schemas(openlineage_schema_dir: Path) -> OpenLineageSchemas:
+    return OpenLineageSchemas(openlineage_schema_dir)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import os
 import pkgutil
 import warnings
 from datetime import UTC, datetime
@@ -44,22 +43,9 @@ from kfm_conformance.capture.olschema import OpenLineageSchemas
 from kfm_conformance.verdict import ConfigurationError, HarnessError, Level
 
 
-def _schema_dir() -> Path:
-    configured = os.environ.get("KFM_OPENLINEAGE_SCHEMAS")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "openlineage-spec"
-
-
 @pytest.fixture(scope="module")
-def schema_dir() -> Path:
-    path = _schema_dir()
-    if not (path / "OpenLineage.json").is_file():
-        message = "OpenLineage schema cache not found (../shared/openlineage-spec)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+def schema_dir(openlineage_schema_dir: Path) -> Path:
+    return openlineage_schema_dir
 
 
 @pytest.fixture(scope="module")
