@@ -37,6 +37,7 @@ import pytest
 
 from kfm_conformance import guarantees
 from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
+from kfm_conformance.features import declared_id
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.sandbox import Sandbox
@@ -295,6 +296,11 @@ def kfm(
 
 
 # -- pytest-bdd hooks: which scenario, which steps ----------------------------------------------
+def pytest_bdd_apply_tag(tag: str, function: Any) -> bool | None:
+    """``@id:`` tags declare check IDs; they are read from the scenario, not made markers."""
+    return True if tag.startswith("id:") else None
+
+
 def pytest_bdd_before_scenario(request: pytest.FixtureRequest, feature: Any, scenario: Any) -> None:
     request.node.stash[SCENARIO_KEY] = {
         "feature": feature.name,
@@ -418,8 +424,12 @@ def _scenario_result(
             traceback.format_exception(excinfo.type, excinfo.value, excinfo.tb, limit=8)
         )[-6000:]
     scenario_name = info.get("scenario", item.name)
+    declared = declared_id(info.get("tags", []))
+    if declared is None and verdict is not Verdict.ERROR:
+        verdict = Verdict.ERROR
+        message = f"harness error: scenario {scenario_name!r} declares no @id: check ID"
     return {
-        "check_id": _check_id(guarantee, scenario_name, example),
+        "check_id": _check_id(guarantee, declared or _slug(scenario_name), example),
         "guarantee": guarantee,
         "feature_file": info.get("feature_file"),
         "name": scenario_name,
@@ -511,9 +521,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _check_id(guarantee: str, scenario: str, example: dict[str, str] | None) -> str:
-    """Stable check ID: ``guarantee/scenario-slug`` plus the example row for outlines."""
-    check = f"{guarantee}/{_slug(scenario)}"
+def _check_id(guarantee: str, declared: str, example: dict[str, str] | None) -> str:
+    """Stable check ID: ``guarantee/<declared @id>`` plus the example row for outlines."""
+    check = f"{guarantee}/{declared}"
     if example:
         values = ",".join(_slug(str(v)) or "-" for v in example.values())
         check += f"[{values}]"

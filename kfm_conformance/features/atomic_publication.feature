@@ -5,6 +5,7 @@ Feature: Write-ahead temp file, then atomic replace
   version, or a new complete version: never a mix, never a truncated file. Nothing temporary
   is left at the output path.
 
+  @id:a-reader-polling-the-output-during-publication-sees-only-whole-versions
   Scenario: A reader polling the output during publication sees only whole versions
     Given the upstream serves 8000 rows
     When a reader polls the output while the pipeline publishes it
@@ -16,12 +17,14 @@ Feature: Write-ahead temp file, then atomic replace
     And the output holds the upstream's rows in the upstream's order
     And the reader only ever saw no output or a complete published version
 
+  @id:nothing-temporary-is-left-beside-the-output-after-a-publication
   Scenario: Nothing temporary is left beside the output after a publication
     Given the upstream serves 25 rows
     When the pipeline runs
     Then it exits with the code declared for "published"
     And nothing temporary is left beside the output
 
+  @id:a-rejected-run-leaves-nothing-beside-the-output
   Scenario: A rejected run leaves nothing beside the output
     Given the upstream serves 25 rows
     And the pipeline has published once
@@ -34,6 +37,7 @@ Feature: Write-ahead temp file, then atomic replace
   # with the tracer (strace) and stops it at chosen moments; where the tracer cannot run here,
   # those scenarios are skipped as "unavailable", and the run cannot be certified.
 
+  @id:killed-at-any-file-system-step-the-pipeline-leaves-a-whole-output-and-the-next-run-repairs-it
   Scenario Outline: Killed at any file-system step, the pipeline leaves a whole output and the next run repairs it
     Given the system-call tracer is available
     When the pipeline is killed at each file-system step of <publication>, one run per step
@@ -45,6 +49,7 @@ Feature: Write-ahead temp file, then atomic replace
       | a first publication of 2000 rows      |
       | an update from 2000 rows to 2500 rows |
 
+  @id:a-reader-polling-the-output-while-runs-are-killed-at-random-moments-and-restarted-never-sees-a-partial-file
   Scenario: A reader polling the output while runs are killed at random moments and restarted never sees a partial file
     Given the upstream serves 2000 rows
     And the pipeline has published once
@@ -52,6 +57,7 @@ Feature: Write-ahead temp file, then atomic replace
     Then the reader only ever saw no output or a whole version of the data
     And after every kill the next normal run publishes the new version
 
+  @id:a-disk-error-while-publishing-an-update-leaves-the-published-version-in-place
   Scenario Outline: A disk error while publishing an update leaves the published version in place
     Given the system-call tracer is available
     And the upstream serves 2000 rows
@@ -74,6 +80,7 @@ Feature: Write-ahead temp file, then atomic replace
       | rename    | ENOSPC |
       | rename    | EIO    |
 
+  @id:the-system-calls-of-a-publication-show-a-temporary-file-beside-the-output-renamed-over-it-before-the-run-state
   Scenario: The system calls of a publication show a temporary file beside the output, renamed over it, before the run-state
     Given the system-call tracer is available
     When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
@@ -81,12 +88,14 @@ Feature: Write-ahead temp file, then atomic replace
     And the output is never written in place
     And the run-state is written only after the output is replaced
 
+  @id:the-system-calls-of-a-publication-show-every-file-flushed-to-disk-before-it-is-renamed
   @recommended
   Scenario: The system calls of a publication show every file flushed to disk before it is renamed
     Given the system-call tracer is available
     When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
     Then every file is flushed to disk before it is renamed, and its directory after the rename
 
+  @id:two-runs-at-once-in-one-working-directory-while-the-upstream-changes-leave-a-whole-output-and-a-matching-run-state
   Scenario Outline: Two runs at once in one working directory, while the upstream changes, leave a whole output and a matching run-state
     Given the upstream serves 2000 rows
     When a second run starts in the same working directory while the first is <busy>, after the upstream moved to a new version of 2500 rows, and a reader polls the output meanwhile

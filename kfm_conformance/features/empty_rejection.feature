@@ -4,6 +4,7 @@ Feature: Empty upstream data is rejected
   the pipeline exits with its declared code for invalid upstream data, the published output and
   the run-state stay byte-identical, and the rejected answer is not remembered as a version.
 
+  @id:an-empty-answer-is-rejected-and-nothing-changes
   Scenario Outline: An empty answer is rejected and nothing changes
     Given the upstream serves 25 rows
     And the pipeline has published once
@@ -23,6 +24,7 @@ Feature: Empty upstream data is rejected
       | null                         |
       | an array of one empty object |
 
+  @id:an-empty-answer-on-the-very-first-run-publishes-nothing
   Scenario Outline: An empty answer on the very first run publishes nothing
     Given the upstream serves <empty>
     When the pipeline runs

@@ -5,6 +5,7 @@ Feature: Deterministic exit codes
   code, and no failure ever exits with a success code. Server errors, rate limiting and
   timeouts are transient: the scheduler may retry them.
 
+  @id:each-upstream-answer-maps-to-its-declared-exit-code
   Scenario Outline: Each upstream answer maps to its declared exit code
     Given the upstream serves 25 rows
     And the upstream's next answer is <answer>
@@ -24,11 +25,13 @@ Feature: Deterministic exit codes
       | an empty array                     | "invalid_upstream"                        |
       | a redirect to the data             | "published"                               |
 
+  @id:an-upstream-that-refuses-connections-is-transient
   Scenario: An upstream that refuses connections is transient
     When the pipeline runs against an upstream that refuses connections
     Then it exits with the code declared for "upstream_transient"
     And nothing is published
 
+  @id:the-same-scenario-repeated-gives-the-same-code-every-time
   Scenario Outline: The same scenario repeated gives the same code every time
     Given the upstream serves 25 rows
     When the pipeline runs 3 times in fresh working directories against <answer>
@@ -42,10 +45,12 @@ Feature: Deterministic exit codes
       | an empty array | "invalid_upstream" |
       | 25 rows      | "published"          |
 
+  @id:without-an-upstream-url-the-pipeline-exits-with-its-usage-code
   Scenario: Without an upstream URL the pipeline exits with its usage code
     When the pipeline runs without an upstream URL
     Then it exits with the code declared for "usage"
 
+  @id:a-slow-upstream-beyond-the-declared-fetch-bound-is-transient
   Scenario Outline: A slow upstream beyond the declared fetch bound is transient
     Given the profile declares a fetch time bound
     And the upstream's next answer is <slowness> lasting twice the bound

@@ -5,6 +5,7 @@ Feature: Malformed upstream data is rejected
   byte-identical, and nothing partial is left at the output path. An answer that was cut off
   on the wire may be reported either as invalid data or as a transient failure.
 
+  @id:a-malformed-answer-is-rejected-and-nothing-changes
   Scenario Outline: A malformed answer is rejected and nothing changes
     Given the upstream serves 25 rows
     And the pipeline has published once
@@ -26,6 +27,7 @@ Feature: Malformed upstream data is rejected
       | a chunked body cut before its end     | "invalid_upstream" or "upstream_transient" |
       | a redirect loop                       | "invalid_upstream"                        |
 
+  @id:malformed-data-on-the-very-first-run-publishes-nothing
   Scenario Outline: Malformed data on the very first run publishes nothing
     Given the upstream's next answer is <defect>
     When the pipeline runs
@@ -39,6 +41,7 @@ Feature: Malformed upstream data is rejected
       | a body shorter than its Content-Length |
       | invalid UTF-8 bytes                    |
 
+  @id:a-payload-over-the-declared-size-cap-is-rejected
   Scenario: A payload over the declared size cap is rejected
     Given the profile declares a size cap
     And the pipeline has published a small version once

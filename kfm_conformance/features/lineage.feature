@@ -14,6 +14,7 @@ Feature: Lineage through OpenLineage
   rerun that found nothing new does not claim a new version of the output. Every event follows
   the official OpenLineage JSON Schema.
 
+  @id:a-publishing-run-names-its-upstream-and-its-output
   Scenario: A publishing run names its upstream and its output
     Given the upstream serves 40 rows
     When the pipeline runs
@@ -24,12 +25,14 @@ Feature: Lineage through OpenLineage
     And the run names the upstream as its input
     And the COMPLETE event names the published output
 
+  @id:a-publishing-run-states-the-columns-of-the-output-it-wrote
   Scenario: A publishing run states the columns of the output it wrote
     Given the upstream serves 40 rows
     When the pipeline runs
     Then it exits with the code declared for "published"
     And the output's schema facet matches the written Parquet schema
 
+  @id:a-rerun-against-an-unchanged-upstream-claims-no-new-version-of-the-output
   Scenario: A rerun against an unchanged upstream claims no new version of the output
     Given the upstream serves 40 rows
     And the pipeline has published once
@@ -40,6 +43,7 @@ Feature: Lineage through OpenLineage
     And the run names the upstream as its input
     And the run claims no new version of the output
 
+  @id:a-failed-run-closes-its-lineage-with-fail-never-with-complete
   Scenario Outline: A failed run closes its lineage with FAIL, never with COMPLETE
     Given the upstream serves 25 rows
     And the upstream's next answer is <answer>
@@ -57,6 +61,7 @@ Feature: Lineage through OpenLineage
       | status 503             | "upstream_transient" |
       | status 404             | "upstream_refused"   |
 
+  @id:the-job-keeps-its-namespace-and-name-from-run-to-run
   Scenario: The job keeps its namespace and name from run to run
     Given the upstream serves 40 rows
     And the pipeline has published once
@@ -68,6 +73,7 @@ Feature: Lineage through OpenLineage
     And every run carries a run id of its own
     And every run names the same job
 
+  @id:every-event-the-pipeline-sends-follows-the-openlineage-specification
   Scenario: Every event the pipeline sends follows the OpenLineage specification
     Given the upstream serves 40 rows
     And the pipeline has published once

@@ -23,6 +23,7 @@ Feature: Branch-based promotion in lakeFS
   declared". With [lakefs] but no lakeFS in the chosen services (--services), they are skipped
   as unavailable, which blocks certification.
 
+  @id:a-publishing-run-promotes-its-output-through-one-merge-of-a-run-branch
   Scenario: A publishing run promotes its output through one merge of a run branch
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows
@@ -31,6 +32,7 @@ Feature: Branch-based promotion in lakeFS
     And main holds the published version through exactly one merge of a run branch
     And the reader of main only ever saw complete, valid versions
 
+  @id:every-commit-on-main-holds-a-complete-valid-output
   Scenario: Every commit on main holds a complete, valid output
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows
@@ -41,6 +43,7 @@ Feature: Branch-based promotion in lakeFS
     And the reader of main only ever saw complete, valid versions
     And every commit on main holds a complete, valid output
 
+  @id:a-rejected-or-failed-run-leaves-main-as-it-was
   Scenario Outline: A rejected or failed run leaves main as it was
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows
@@ -57,6 +60,7 @@ Feature: Branch-based promotion in lakeFS
       | JSON cut in the middle | "invalid_upstream"   |
       | status 503             | "upstream_transient" |
 
+  @id:a-run-killed-in-the-middle-of-its-promotion-leaves-main-as-it-was
   Scenario: A run killed in the middle of its promotion leaves main as it was
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows
@@ -68,6 +72,7 @@ Feature: Branch-based promotion in lakeFS
     Then it exits with a success code
     And main holds the published version through exactly one merge of a run branch
 
+  @id:reverting-the-last-promotion-restores-main-s-previous-content-exactly
   Scenario: Reverting the last promotion restores main's previous content exactly
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows
@@ -78,6 +83,7 @@ Feature: Branch-based promotion in lakeFS
     When the last promotion is reverted on main
     Then main holds exactly what it held before the last publication
 
+  @id:reruns-against-an-unchanged-upstream-put-no-new-commit-on-main
   Scenario: Reruns against an unchanged upstream put no new commit on main
     Given the profile declares a lakeFS promotion target
     And the upstream serves 40 rows and ignores conditional requests

@@ -7,10 +7,12 @@ Feature: Provenance sidecars (STAC, PROV-O, DCAT)
   generated it from which upstream. A checksum of the output is recommended; a checksum that
   names another version is wrong. A run that publishes nothing leaves the sidecars untouched.
 
+  @id:the-pipeline-declares-all-three-provenance-sidecars
   @recommended
   Scenario: The pipeline declares all three provenance sidecars
     Then the profile declares a STAC, a PROV-O and a DCAT sidecar
 
+  @id:a-publication-writes-sidecars-that-describe-it
   Scenario: A publication writes sidecars that describe it
     Given the profile declares provenance sidecars
     And the upstream serves 25 rows
@@ -18,6 +20,7 @@ Feature: Provenance sidecars (STAC, PROV-O, DCAT)
     Then it exits with the code declared for "published"
     And every declared sidecar describes the published output
 
+  @id:a-new-version-gets-sidecars-that-describe-the-new-version
   Scenario: A new version gets sidecars that describe the new version
     Given the profile declares provenance sidecars
     And the upstream serves 25 rows
@@ -27,6 +30,7 @@ Feature: Provenance sidecars (STAC, PROV-O, DCAT)
     Then it exits with the code declared for "published"
     And every declared sidecar describes the published output
 
+  @id:a-not-modified-run-leaves-the-sidecars-untouched
   Scenario: A not-modified run leaves the sidecars untouched
     Given the profile declares provenance sidecars
     And the upstream serves 25 rows
@@ -35,6 +39,7 @@ Feature: Provenance sidecars (STAC, PROV-O, DCAT)
     Then it exits with a success code
     And the declared sidecars are byte-identical to before
 
+  @id:a-run-that-publishes-nothing-leaves-the-sidecars-untouched
   Scenario Outline: A run that publishes nothing leaves the sidecars untouched
     Given the profile declares provenance sidecars
     And the upstream serves 25 rows

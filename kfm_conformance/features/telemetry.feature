@@ -13,6 +13,7 @@ Feature: Traces through OpenTelemetry
   reader can go from the lineage to the trace. Metrics are optional: whatever the pipeline
   exports is kept as evidence and never judged.
 
+  @id:a-publishing-run-is-traced-from-its-root-span-down-to-its-steps
   Scenario: A publishing run is traced from its root span down to its steps
     Given the upstream serves 40 rows
     When the pipeline runs
@@ -22,6 +23,7 @@ Feature: Traces through OpenTelemetry
     And the spans name the service they come from
     And any metrics the run exported are kept as evidence
 
+  @id:a-publishing-run-s-trace-shows-its-steps-and-its-request-to-the-upstream
   Scenario: A publishing run's trace shows its steps and its request to the upstream
     Given the upstream serves 40 rows
     When the pipeline runs
@@ -30,6 +32,7 @@ Feature: Traces through OpenTelemetry
     And the HTTP request to the upstream is described with the HTTP semantic conventions
     And the trace carries the run's OpenLineage run id
 
+  @id:a-rerun-against-an-unchanged-upstream-is-traced-as-a-success
   Scenario: A rerun against an unchanged upstream is traced as a success
     Given the upstream serves 40 rows
     And the pipeline has published once
@@ -39,6 +42,7 @@ Feature: Traces through OpenTelemetry
     And the root span's status is not ERROR
     And the spans name the service they come from
 
+  @id:a-failed-run-marks-its-root-span-as-an-error
   Scenario Outline: A failed run marks its root span as an error
     Given the upstream serves 25 rows
     And the upstream's next answer is <answer>
