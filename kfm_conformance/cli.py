@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfm_conformance import __version__, guarantees
+from kfm_conformance import __version__, channel, guarantees, isolation
 from kfm_conformance.capture.olschema import cache_provenance
 from kfm_conformance.capture.session import schema_location
 from kfm_conformance.features import inventory_digest
@@ -35,7 +38,6 @@ from kfm_conformance.report.model import (
     build_provenance,
     fold,
     now_iso,
-    read_scenario_results,
     services_used,
 )
 from kfm_conformance.report.writers import redact_file, write_reports
@@ -103,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         "facets/) to validate lineage events against; default: $KFM_OPENLINEAGE_SCHEMAS",
     )
 
+    certify.add_argument(
+        "--isolation",
+        choices=("auto", "namespaces", "none"),
+        default="auto",
+        help="contain every pipeline run in Linux namespaces (bubblewrap): auto (where the "
+        "kernel allows them; default), namespaces (required), none",
+    )
+    certify.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="refuse to certify (exit 2) unless every run can be isolated",
+    )
+    certify.add_argument(
+        "--stall-timeout",
+        type=float,
+        metavar="S",
+        help="stop the run when no scenario has finished for S seconds (default: "
+        "max(1200, 10 x the profile's timeout_s))",
+    )
+
     verify = commands.add_parser("verify", help="check an evidence bundle's digests and signature")
     verify.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or .tar.gz")
     verify.add_argument("--key", metavar="PUB.pem", help="the signer's public key")
@@ -123,23 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
 def pytest_argv(
-    profile: Profile, args: argparse.Namespace, results_dir: Path, report_dir: Path, seed: int
+    profile: Profile,
+    args: argparse.Namespace,
+    results_dir: Path,
+    report_dir: Path,
+    seed: int,
+    key_fd: int | None = None,
+    isolation_mode: str = "none",
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -157,6 +170,8 @@ def pytest_argv(
         "--kfm-seed",
         str(seed),
         "--kfm-progress",
+        "--kfm-isolation",
+        isolation_mode,
         "--junitxml",
         str(report_dir / "junit.xml"),
         "-p",
@@ -170,6 +185,8 @@ def pytest_argv(
     ]
     if args.only:
         argv += ["-m", " or ".join(args.only)]
+    if key_fd is not None:
+        argv += ["--kfm-key-fd", str(key_fd)]
     if args.jobs > 1:
         argv += ["-n", str(args.jobs)]
     if args.strict:
@@ -217,6 +234,14 @@ def certify(args: argparse.Namespace) -> int:
     if args.bundle:
         bundle.check_target(Path(args.bundle))
     expected = baselines.load_baseline(args.baseline) if args.baseline else None
+    choice = isolation.choose(args.isolation)
+    if not choice.isolated:
+        if args.require_isolation:
+            raise ConfigurationError(
+                f"--require-isolation: runs cannot be isolated: {choice.reason}"
+            )
+        if args.isolation == "auto":
+            print(f"kfm-conformance: unisolated: {choice.reason}", file=sys.stderr)
     report_dir = Path(args.report_dir)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -224,33 +249,40 @@ def certify(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"--report-dir: cannot create {report_dir}: {exc.strerror}"
         ) from None
-    results_dir = report_dir / "scenarios"
-    results_dir.mkdir(exist_ok=True)
-    for stale in results_dir.glob("scenarios-*.jsonl"):
-        stale.unlink()
     (report_dir / "cucumber.json").unlink(missing_ok=True)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
     started = now_iso()
     clock = time.monotonic()
     log_path = report_dir / "pytest.log"
-    print(f"certifying {profile.name} ({len(selected)} guarantees, seed {seed})", file=sys.stderr)
-    with log_path.open("w") as log:
-        completed = subprocess.run(
-            pytest_argv(profile, args, results_dir, report_dir, seed),
-            stdout=log,
-            stdin=subprocess.DEVNULL,
-            check=False,
+    mode = "isolated" if choice.isolated else "unisolated"
+    print(
+        f"certifying {profile.name} ({len(selected)} guarantees, seed {seed}, {mode})",
+        file=sys.stderr,
+    )
+    stall = args.stall_timeout or max(1200.0, 10 * profile.timeout_s)
+    with tempfile.TemporaryDirectory(prefix="kfm-results-") as private:
+        results_dir = Path(private)
+        key = channel.new_key()
+        outcome = run_suite(
+            pytest_argv(
+                profile, args, results_dir, report_dir, seed, isolation_mode=str(choice.mode)
+            ),
+            log_path,
+            results_dir,
+            key,
+            stall_s=stall,
         )
-    results = read_scenario_results(results_dir)
-    problems = []
-    if completed.returncode not in (0, 1):
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        contents = channel.read_channel(results_dir, key)
+    results = contents.results
+    problems = list(outcome.problems)
+    if outcome.returncode not in (0, 1) and not outcome.interrupted:
         problems.append(
-            f"harness error: the test run exited {completed.returncode}: " + " / ".join(tail)
+            f"harness error: the test run exited {outcome.returncode}: " + log_excerpt(log_path)
         )
+    problems += contents.problems
     if not results:
         problems.append("harness error: no scenario produced a result (see pytest.log)")
-    else:
+    elif not outcome.interrupted:
         problems += bundle.cucumber_problems(report_dir / "cucumber.json", results)
     provenance = {
         **build_provenance(
@@ -268,6 +300,7 @@ def certify(args: argparse.Namespace) -> int:
             inventory_sha256=inventory_digest(),
         ),
         "openlineage_schemas": schema_cache,
+        "isolation": choice.to_json(),
     }
     report = fold(
         results,
@@ -279,6 +312,10 @@ def certify(args: argparse.Namespace) -> int:
     )
     redactor = Redactor.for_profile(profile)
     data = redactor.redact(report.to_json())
+    data["isolated"] = choice.isolated
+    if outcome.interrupted:
+        data["interrupted"] = outcome.interrupted
+        data["verdict"] = "not-certified"
     if expected is not None:
         data["gate"] = baselines.gate(data, expected, Path(args.baseline).name)
     for written_by_pytest in ("junit.xml", "cucumber.json", "pytest.log"):
@@ -299,11 +336,105 @@ def certify(args: argparse.Namespace) -> int:
         )
         signed = f", signed by {bundle.fingerprint(sign_key.public_key())}" if sign_key else ""
         print(f"bundle: {out}{signed}")
+    if outcome.interrupted:
+        print(f"kfm-conformance: interrupted by {outcome.interrupted}", file=sys.stderr)
+        return 128 + int(getattr(signal, outcome.interrupted))
     if "gate" in data:
         for line in baselines.gate_lines(data["gate"]):
             print(line)
         return EXIT_CERTIFIED if data["gate"]["ok"] else EXIT_NOT_CERTIFIED
     return EXIT_CERTIFIED if data["verdict"] == "certified" else EXIT_NOT_CERTIFIED
+
+
+@dataclass
+class SuiteOutcome:
+    """How the child test run ended."""
+
+    returncode: int
+    interrupted: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def run_suite(
+    argv: list[str], log_path: Path, results_dir: Path, key: bytes, *, stall_s: float
+) -> SuiteOutcome:
+    """Run the packaged suite in a child process group; hand it the result key over a pipe.
+
+    SIGINT or SIGTERM to the CLI stop the run: the child gets SIGINT (pytest tears its
+    fixtures and services down), then SIGKILL after a grace period. A run in which no scenario
+    has finished for ``stall_s`` seconds (a stopped worker) is stopped the same way.
+    """
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    key_read, key_write = os.pipe()
+    problems: list[str] = []
+    try:
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [*argv, "--kfm-key-fd", str(key_read)],
+                stdout=log,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(key_read,),
+                start_new_session=True,
+            )
+            os.close(key_read)
+            os.write(key_write, key.hex().encode() + b"\n")
+            os.close(key_write)
+            last_progress, last_size = time.monotonic(), -1
+            while process.poll() is None:
+                if received:
+                    break
+                size = sum(p.stat().st_size for p in results_dir.glob("scenarios-*.jsonl"))
+                if size != last_size:
+                    last_size, last_progress = size, time.monotonic()
+                elif time.monotonic() - last_progress > stall_s:
+                    problems.append(
+                        f"harness error: no scenario finished for {stall_s:g} s; the run was "
+                        "stopped (a stopped or hung worker)"
+                    )
+                    break
+                time.sleep(0.2)
+            if process.poll() is None:
+                stop_process_group(process)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return SuiteOutcome(
+        process.returncode, interrupted=received[0] if received else None, problems=problems
+    )
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGINT to the whole group (pytest tears down), then SIGKILL to whatever is left."""
+    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        break
+    try:  # stragglers of the group (services, pipelines) after pytest itself exited
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def log_excerpt(log_path: Path, lines: int = 4) -> str:
+    """The lines of pytest's log that say what broke (errors first, else its last lines)."""
+    try:
+        text = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [line.strip() for line in text if line.startswith(("ERROR", "E ", "INTERNALERROR"))]
+    chosen = (errors or text)[-lines:]
+    return " / ".join(chosen)[:800] or "(the log is empty)"
 
 
 def verify_command(args: argparse.Namespace) -> int:
@@ -367,8 +498,11 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 def summary_line(data: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in data["counts"].items() if n)
+    if data.get("interrupted"):
+        return f"NOT CERTIFIED (interrupted): {data['pipeline']['name']} — {counts}"
     if data["verdict"] == "certified":
-        return f"CERTIFIED ({data['level']}): {data['pipeline']['name']} — {counts}"
+        level = data["level"] if data.get("isolated", True) else f"{data['level']}, unisolated"
+        return f"CERTIFIED ({level}): {data['pipeline']['name']} — {counts}"
     return f"NOT CERTIFIED: {data['pipeline']['name']} — {counts}"
 
 

@@ -35,9 +35,11 @@ from typing import Any
 
 import pytest
 
-from kfm_conformance import guarantees
+from kfm_conformance import channel, guarantees, isolation
+from kfm_conformance import sandbox as sandbox_module
 from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
 from kfm_conformance.features import declared_id
+from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.sandbox import Sandbox
@@ -52,6 +54,7 @@ from kfm_conformance.verdict import (
     GuaranteeViolation,
     Judge,
     NotApplicable,
+    PreconditionFailed,
     SkipKind,
     Verdict,
 )
@@ -105,6 +108,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: the profile's [services] provider)",
     )
     group.addoption(
+        "--kfm-isolation",
+        choices=("auto", "namespaces", "none"),
+        default="auto",
+        help="contain every pipeline run in Linux namespaces (bubblewrap): auto (where the "
+        "kernel allows), namespaces (required), none",
+    )
+    group.addoption(
+        "--kfm-key-fd",
+        type=int,
+        default=None,
+        help="(used by the CLI) an inherited descriptor holding the key that authenticates "
+        "every result record",
+    )
+    group.addoption(
         "--kfm-openlineage-schemas",
         help="directory of the official OpenLineage JSON Schemas (default: the environment "
         "variable KFM_OPENLINEAGE_SCHEMAS); without one, spec validation is an error",
@@ -136,6 +153,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigurationError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[PROFILE_KEY] = profile
+    config.stash[ISOLATION_KEY] = _isolation_of(config)
+    config.stash[RESULT_KEY_KEY] = _result_key_of(config)
+    results_dir = config.getoption("--kfm-results")
+    if results_dir:
+        sandbox_module.HIDDEN_PATHS.append(Path(results_dir).resolve())
     seed = config.getoption("--kfm-seed")
     config.stash[SEED_KEY] = seed if seed is not None else int(time.time()) % 1_000_000
     for module in STEP_MODULES:
@@ -146,6 +168,94 @@ def pytest_configure(config: pytest.Config) -> None:
 
 PROFILE_KEY = pytest.StashKey[Profile]()
 SEED_KEY = pytest.StashKey[int]()
+ISOLATION_KEY = pytest.StashKey[IsolationChoice]()
+RESULT_KEY_KEY = pytest.StashKey[bytes]()
+
+
+def _isolation_of(config: pytest.Config) -> IsolationChoice:
+    """The isolation every run uses: the controller resolves it once, workers inherit it."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "kfm_isolation" in workerinput:
+        data = json.loads(workerinput["kfm_isolation"])
+        return IsolationChoice(
+            Isolation(data["mode"]), data["requested"], data["reason"], data.get("tool")
+        )
+    try:
+        return isolation.choose(config.getoption("--kfm-isolation"))
+    except ConfigurationError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _result_key_of(config: pytest.Config) -> bytes:
+    """The key that authenticates result records: read once from the CLI's pipe by the
+    controller, handed to xdist workers over their channel; never in argv or the environment.
+    Without the CLI (a team's own pytest) a fresh key is made: nobody reads the records back
+    then but this process."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "kfm_result_key" in workerinput:
+        return bytes.fromhex(workerinput["kfm_result_key"])
+    fd = config.getoption("--kfm-key-fd")
+    if fd is None:
+        return channel.new_key()
+    try:
+        with os.fdopen(fd, "rb") as pipe:
+            data = pipe.read(1024).strip()
+        return bytes.fromhex(data.decode())
+    except (OSError, ValueError):
+        raise pytest.UsageError("--kfm-key-fd: no result key could be read") from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: each worker gets the isolation choice and the result key over its channel."""
+    config = node.config
+    if ISOLATION_KEY in config.stash:
+        node.workerinput["kfm_isolation"] = json.dumps(config.stash[ISOLATION_KEY].to_json())
+    if RESULT_KEY_KEY in config.stash:
+        node.workerinput["kfm_result_key"] = config.stash[RESULT_KEY_KEY].hex()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Record, authenticated, which scenarios this process collected: the CLI checks that
+    every one of them has exactly one result."""
+    config = session.config
+    results_dir = config.getoption("--kfm-results", default=None)
+    if not _active(config) or not results_dir or RESULT_KEY_KEY not in config.stash:
+        return
+    if hasattr(config, "workerinput") is False and config.pluginmanager.has_plugin("dsession"):
+        return  # the xdist controller collects nothing; each worker records its own
+    entries = [_collected_entry(item) for item in session.items]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    path = Path(results_dir) / f"collection-{worker}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channel.append(path, channel.seal(config.stash[RESULT_KEY_KEY], "collection", entries))
+
+
+def _collected_entry(item: pytest.Item) -> dict[str, Any]:
+    """A collected scenario's identity, as far as collection knows it."""
+    guarantee = _guarantee_of(item)
+    example = _example_of(item)
+    template = _scenario_template(item)
+    entry: dict[str, Any] = {"nodeid": item.nodeid, "guarantee": guarantee}
+    if template is not None:
+        tags = set(template.tags) | set(template.feature.tags)
+        declared = declared_id(tags)
+        entry["name"] = template.name
+        entry["feature_file"] = Path(template.feature.filename).name
+        entry["kind"] = "recommended" if "recommended" in tags else "required"
+        entry["example"] = example
+        if declared:
+            entry["check_id"] = _check_id(guarantee, declared, example)
+    return entry
+
+
+def _scenario_template(item: pytest.Item) -> Any:
+    try:
+        from pytest_bdd.scenario import scenario_wrapper_template_registry
+    except ImportError:  # pragma: no cover - pytest-bdd internals moved
+        return None
+    function = getattr(item, "function", None)
+    return scenario_wrapper_template_registry.get(function) if function else None
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -278,7 +388,9 @@ def kfm(
         root = Path(
             os.path.join(kfm_work_root, f"{slug}-{os.getpid()}-{id(request.node)}-{next(counter)}")
         )
-        return Sandbox(kfm_profile, root)
+        return Sandbox(
+            kfm_profile, root, isolation_choice=request.config.stash.get(ISOLATION_KEY, None)
+        )
 
     context = ScenarioContext(
         profile=kfm_profile,
@@ -309,6 +421,15 @@ def pytest_bdd_before_scenario(request: pytest.FixtureRequest, feature: Any, sce
         "tags": sorted(set(scenario.tags) | set(feature.tags)),
     }
     request.node.stash[STEPS_KEY] = []
+
+
+def pytest_bdd_before_step(
+    request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any, step_func: Any
+) -> None:
+    """The judge knows which kind of step runs: a broken Given is a failed precondition."""
+    context = request.node.stash.get(CONTEXT_KEY, None)
+    if context is not None:
+        context.judge.phase = str(getattr(step, "type", "") or "").lower() or None
 
 
 def pytest_bdd_after_step(
@@ -343,14 +464,21 @@ def pytest_bdd_step_func_lookup_error(
 # -- outcomes into verdicts ---------------------------------------------------------------------
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """A scenario that does not apply raises NotApplicable; it becomes a skip with its kind."""
+    """A scenario that does not apply raises NotApplicable; it becomes a skip with its kind.
+    A scenario whose steps all ran but whose independent checks did not all hold fails here,
+    with every finding kept."""
     try:
-        return (yield)
+        result = yield
     except NotApplicable as exc:
-        context = item.stash.get(CONTEXT_KEY, None)
+        context = item.stash.get(CONTEXT_KEY, None)  # made lazily, by the first step
         if context is not None:
             context.skip_kind = exc.kind
         pytest.skip(exc.reason)
+    context = item.stash.get(CONTEXT_KEY, None)
+    if context is not None:
+        context.judge.phase = None
+        context.judge.raise_deferred()
+    return result
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -394,6 +522,7 @@ def _scenario_result(
     strict = bool(item.config.getoption("--kfm-strict"))
     message = ""
     skip_kind: str | None = None
+    precondition = False
     excinfo = call.excinfo
     if report.skipped:
         verdict = Verdict.SKIP
@@ -406,7 +535,8 @@ def _scenario_result(
         message = "; ".join(w.message for w in warnings)
     elif excinfo is not None and isinstance(excinfo.value, GuaranteeViolation):
         verdict = Verdict.WARN if recommended and not strict else Verdict.FAIL
-        message = str(excinfo.value)
+        message = _failure_message(context, excinfo.value)
+        precondition = isinstance(excinfo.value, PreconditionFailed)
         dead = _dead_service(item, context)
         if dead:  # a service the scenario used died: never blamed on the pipeline
             verdict, message = Verdict.ERROR, f"harness error: {dead} (the run had: {message})"
@@ -441,9 +571,24 @@ def _scenario_result(
         "duration_s": round(report.duration, 3),
         "steps": item.stash.get(STEPS_KEY, []),
         "findings": [f.to_json() for f in context.judge.findings] if context else [],
+        "precondition_failed": precondition,
         "evidence": evidence,
         "nodeid": item.nodeid,
     }
+
+
+def _failure_message(context: ScenarioContext | None, raised: GuaranteeViolation) -> str:
+    """Every binding failure of the scenario, the one that stopped it included."""
+    failures = context.judge.binding_failures if context is not None else []
+    messages = list(dict.fromkeys(f.message for f in failures)) or [str(raised)]
+    if str(raised) not in messages:
+        messages.append(str(raised))
+    text = "; ".join(messages[:6])
+    if len(messages) > 6:
+        text += f"; and {len(messages) - 6} more"
+    if isinstance(raised, PreconditionFailed):
+        text = f"precondition failed: {text}"
+    return text
 
 
 def _dead_service(item: pytest.Item, context: ScenarioContext | None) -> str:
@@ -463,14 +608,13 @@ def _emit(item: pytest.Item, result: dict[str, Any]) -> None:
     config = item.config
     profile = config.stash.get(PROFILE_KEY, None)
     redactor = Redactor.for_profile(profile) if profile else Redactor([])
-    line = redactor.redact_text(json.dumps(result, default=str, sort_keys=True))
+    result = json.loads(redactor.redact_text(json.dumps(result, default=str, sort_keys=True)))
     results_dir = config.getoption("--kfm-results")
-    if results_dir:
+    if results_dir and RESULT_KEY_KEY in config.stash:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         path = Path(results_dir) / f"scenarios-{worker}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        channel.append(path, channel.seal(config.stash[RESULT_KEY_KEY], "result", result))
     if config.getoption("--kfm-progress"):
         text = result["message"].splitlines()[0][:120] if result["message"] else ""
         print(

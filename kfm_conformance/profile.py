@@ -142,6 +142,12 @@ class Profile:
                 "known: {python} {profile_dir} {src} {workdir}"
             ) from None
 
+    def writable_paths(self) -> list[str]:
+        """Paths outside the working directory that the profile declares its runs may write
+        (``[pipeline] writable``, relative to the profile's directory); nothing else is."""
+        declared = self.raw.get("pipeline", {}).get("writable", [])
+        return [str((self.profile_dir / p).resolve()) for p in declared]
+
     def check_command(self) -> None:
         """Fail fast with one line when the program to run does not exist."""
         program = self.argv(src="http://127.0.0.1/", workdir=self.profile_dir)[0]

@@ -372,8 +372,6 @@ def run_killed_at_seeded_write(
     killed: dict[str, Any] = {}
     writes_before = sum(1 for c in target.proxy.calls if c.write is not None)
 
-    for run_observer in kfm.run_observers:
-        run_observer.before_run(kfm, label)
     running = kfm.sandbox.start(kfm.origin.url, label=label, extra_env=kfm.extra_env)
 
     def on_write(call: ProxyCall) -> None:
@@ -389,12 +387,9 @@ def run_killed_at_seeded_write(
 
     target.proxy.on_write = on_write
     try:
-        result = kfm.sandbox.record(running.wait())
+        result = running.wait()
     finally:
         target.proxy.on_write = None
-    kfm.all_runs.append(result)
-    for run_observer in kfm.run_observers:
-        run_observer.after_run(kfm, result)
     crash = {
         "seed": kfm.seed,
         "chosen_write": k,

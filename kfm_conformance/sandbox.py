@@ -1,36 +1,59 @@
-"""One pipeline run in a fresh working directory, observed from the outside.
+"""One pipeline run in a fresh working directory, contained and observed from the outside.
 
 A :class:`Sandbox` owns one empty working directory per scenario. Repeated runs within the
-scenario reuse it, as cron would. Each :meth:`Sandbox.run` returns a :class:`RunResult`: the
-argv, the exit code, whether the harness had to kill the run at its timeout, the tails of
-stdout and stderr, and a digest of every file in the working directory before and after.
+scenario reuse it, as cron would. Every pipeline run of every scenario is spawned here, by
+:meth:`Sandbox.start`, and nowhere else: plain, killed, traced, injected and concurrent runs
+alike. Each returns a :class:`RunResult`: the argv, the exit code, whether the run had to be
+killed at its time bound, bounded tails of stdout and stderr, what was left running when the
+main process exited, and a digest of every file in the working directory before and after.
 
-The pipeline is started in its own process group with a scrubbed environment (the harness's
-own ``PATH``, ``HOME`` and locale, the profile's ``[pipeline.env]``, ``SRC``, and whatever the
-capture services add). A run that outlives its timeout is killed, group and all.
+How a run is contained (see :mod:`kfm_conformance.isolation`): under ``namespaces`` the run is
+started by bubblewrap in its own PID namespace with a private ``/proc``, a read-only file
+system except its working directory and a private ``/tmp`` (its ``HOME`` too), and the
+shared network. Under both modes the first process of the run is
+:mod:`kfm_conformance.run_init`, which enforces the time bound and, when the pipeline's main
+process exits, notes and kills whatever the run left behind. The environment is scrubbed:
+the harness's own ``PATH`` and locale, the profile's ``[pipeline.env]``, ``SRC``, and
+whatever the capture services add. Times are taken on the monotonic clock, before the spawn
+and after the reap, so every request a run sends falls inside its window.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+from kfm_conformance import isolation
+from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile
-from kfm_conformance.verdict import ConfigurationError
+from kfm_conformance.verdict import ConfigurationError, HarnessError
 
 TAIL_BYTES = 4096
 
-#: Variables passed through from the harness's own environment.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+#: Variables passed through from the harness's own environment. ``HOME`` and ``TMPDIR`` are
+#: not: every run gets a private, empty temp directory as both.
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+
+#: The run's first process (standard library only, run with ``python -I -S``).
+RUN_INIT = Path(__file__).resolve().parent / "run_init.py"
+
+#: How long past its own bound the harness waits for a run's init before killing everything.
+WATCHDOG_GRACE_S = 15.0
+
+#: Paths no run may see, even read-only (the harness's results); set by the plugin.
+HIDDEN_PATHS: list[Path] = []
 
 
 @dataclass(frozen=True)
@@ -69,8 +92,34 @@ def snapshot(root: Path) -> Snapshot:
     return states
 
 
-def _tail(data: bytes) -> str:
-    return data[-TAIL_BYTES:].decode("utf-8", errors="replace")
+class StreamTail:
+    """Drains one of the run's output pipes as it streams, keeping only the last bytes."""
+
+    def __init__(self, stream: IO[bytes], keep: int = TAIL_BYTES) -> None:
+        self._stream = stream
+        self._keep = keep
+        self._tail = bytearray()
+        self.total = 0
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+            self.total += len(chunk)
+            self._tail += chunk
+            if len(self._tail) > 2 * self._keep:
+                del self._tail[: -self._keep]
+        self._stream.close()
+
+    def text(self, timeout_s: float = 5.0) -> str:
+        """The tail (after the writers closed the pipe, or ``timeout_s``), with a note of how
+        much came before it."""
+        self._thread.join(timeout_s)
+        tail = bytes(self._tail[-self._keep :])
+        text = tail.decode("utf-8", errors="replace")
+        if self.total > len(tail):
+            text = f"[{self.total - len(tail)} earlier bytes not kept]\n" + text
+        return text
 
 
 @dataclass
@@ -88,6 +137,13 @@ class RunResult:
     ended_at: float
     files_before: Snapshot = field(default_factory=dict)
     files_after: Snapshot = field(default_factory=dict)
+    #: Command lines of the run's processes still alive after its main process exited.
+    stragglers: list[str] = field(default_factory=list)
+    #: ``killed``: the harness stopped the run on purpose (a crash test).
+    killed: bool = False
+    isolation: str = "none"
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,72 +151,180 @@ class RunResult:
         data["files_after"] = {k: asdict(v) for k, v in self.files_after.items()}
         return data
 
+    def observed_end(self) -> str:
+        """What the harness saw of the run's end, in words."""
+        if self.timed_out:
+            return "still running at its time bound; killed with SIGKILL"
+        if self.killed:
+            return "killed by the harness (a crash test)"
+        if self.exit_code is None:
+            return "ended without an exit code"
+        if self.exit_code < 0:
+            return f"ended by signal {-self.exit_code}"
+        return f"exited {self.exit_code} after {self.duration_s:.2f} s"
+
+
+class RunListener(Protocol):
+    """Told of every run a sandbox starts and finishes (the scenario's single run log)."""
+
+    def run_started(self, sandbox: Sandbox, label: str) -> object: ...
+
+    def run_finished(self, sandbox: Sandbox, result: RunResult, token: object) -> None: ...
+
+
+def _host_children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
 
 class RunningPipeline:
-    """A pipeline started in the background (for concurrency and reader scenarios)."""
+    """A pipeline run under way (plain runs wait at once; crash and concurrency tests wait
+    later)."""
 
     def __init__(
         self,
+        sandbox: Sandbox,
         label: str,
         argv: list[str],
         process: subprocess.Popen[bytes],
         timeout_s: float,
         before: Snapshot,
-        workdir: Path,
-        stdout: IO[bytes],
-        stderr: IO[bytes],
+        started: float,
+        report: IO[bytes],
+        private_tmp: Path,
+        token: object,
     ) -> None:
+        self.sandbox = sandbox
         self.label = label
         self.argv = argv
         self.process = process
         self.timeout_s = timeout_s
         self.before = before
-        self.workdir = workdir
-        self.started = time.time()
-        self._stdout = stdout
-        self._stderr = stderr
+        self.workdir = sandbox.workdir
+        self.started = started
+        self._report = report
+        self._private_tmp = private_tmp
+        self._token = token
+        assert process.stdout is not None and process.stderr is not None
+        self._stdout = StreamTail(process.stdout)
+        self._stderr = StreamTail(process.stderr)
+        self._killed = False
+        self._main_pid: int | None = None
 
     @property
     def pid(self) -> int:
+        """The host PID of the run's own command (the wrapper, or the pipeline itself): what a
+        test signals to stop or resume the run."""
+        if self._main_pid is not None:
+            return self._main_pid
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            init = self._init_pid()
+            if init is not None:
+                children = _host_children(init)
+                if children:
+                    self._main_pid = children[0]
+                    return self._main_pid
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.002)
         return self.process.pid
 
+    def _init_pid(self) -> int | None:
+        """The host PID of :mod:`run_init` (the spawned process, or inside bubblewrap)."""
+        frontier = [self.process.pid]
+        for _ in range(4):
+            next_frontier = []
+            for pid in frontier:
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(RUN_INIT).encode() in cmdline:
+                    return pid
+                next_frontier += _host_children(pid)
+            frontier = next_frontier
+        return None
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group."""
+        """Stop the run abruptly (a crash test): the pipeline's processes get ``sig``; under
+        namespaces the whole run goes with its namespace."""
+        self._killed = True
         try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
             pass
 
     def wait(self) -> RunResult:
-        timed_out = False
+        """Wait for the run to end (its init enforces the bound; a watchdog backs it up)."""
         try:
-            self.process.wait(timeout=max(0.0, self.started + self.timeout_s - time.time()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self.kill()
+            self.process.wait(timeout=self.timeout_s + WATCHDOG_GRACE_S)
+        except subprocess.TimeoutExpired:  # the init itself was stopped or killed
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait()
+            watchdog = True
         else:
-            # Reap helpers the pipeline may have left behind in its group.
-            self.kill()
-        ended = time.time()
-        self._stdout.seek(0)
-        self._stderr.seek(0)
-        out, err = self._stdout.read(), self._stderr.read()
-        self._stdout.close()
-        self._stderr.close()
-        return RunResult(
+            watchdog = False
+        ended = time.monotonic()
+        report = self._read_report()
+        self._cleanup()
+        timed_out = watchdog or bool(report.get("timed_out"))
+        exit_code: int | None
+        if timed_out:
+            exit_code = None
+        elif "exit" in report or "signal" in report:
+            exit_code = report.get("exit")
+            if exit_code is None and report.get("signal"):
+                exit_code = -int(report["signal"])
+        else:  # the init died without reporting: the raw status is all there is
+            exit_code = self.process.returncode
+        result = RunResult(
             label=self.label,
             argv=self.argv,
-            exit_code=None if timed_out else self.process.returncode,
+            exit_code=exit_code,
             timed_out=timed_out,
             duration_s=round(ended - self.started, 4),
-            stdout_tail=_tail(out),
-            stderr_tail=_tail(err),
+            stdout_tail=self._stdout.text(),
+            stderr_tail=self._stderr.text(),
             started_at=self.started,
             ended_at=ended,
             files_before=self.before,
             files_after=snapshot(self.workdir),
+            stragglers=[str(s) for s in report.get("stragglers", [])][:50],
+            killed=self._killed,
+            isolation=str(self.sandbox.isolation.mode),
+            stdout_bytes=self._stdout.total,
+            stderr_bytes=self._stderr.total,
         )
+        self.sandbox._finished(result, self._token)
+        return result
+
+    def _read_report(self) -> dict[str, Any]:
+        try:
+            data = self._report.read(65536)
+        finally:
+            self._report.close()
+        for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+        return {}
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._private_tmp, ignore_errors=True)
+
+
+#: The isolation a sandbox uses when none is given (the CLI and plugin always give one).
+UNISOLATED = IsolationChoice(Isolation.NONE, "none", "not configured")
 
 
 class Sandbox:
@@ -172,6 +336,8 @@ class Sandbox:
         root: Path | None = None,
         *,
         base_env: dict[str, str] | None = None,
+        isolation_choice: IsolationChoice | None = None,
+        listener: RunListener | None = None,
     ) -> None:
         self.profile = profile
         if root is None:
@@ -179,10 +345,13 @@ class Sandbox:
         root.mkdir(parents=True, exist_ok=True)
         if any(root.iterdir()):
             raise ConfigurationError(f"{root}: a scenario's working directory must start empty")
-        self.workdir = root
+        self.workdir = root.resolve()
         self.base_env = dict(base_env or {})
+        self.isolation = isolation_choice or UNISOLATED
+        self.listener = listener
         self.runs: list[RunResult] = []
         self._lock = threading.Lock()
+        self._started = 0
 
     @property
     def output_path(self) -> Path:
@@ -196,6 +365,25 @@ class Sandbox:
         env.update(extra or {})
         return env
 
+    def _command(
+        self,
+        argv: list[str],
+        wrapper: Sequence[str],
+        private_tmp: Path,
+        report_fd: int,
+        timeout_s: float,
+    ) -> list[str]:
+        init = [sys.executable, "-I", "-S", str(RUN_INIT), str(report_fd), f"{timeout_s:g}", "--"]
+        command = [*init, *wrapper, *argv]
+        if self.isolation.mode is Isolation.NONE:
+            return command
+        writable = [Path(p) for p in self.profile.writable_paths()]
+        writable += [p for p in _wrapper_outputs(wrapper) if p not in writable]
+        return [
+            *isolation.sandbox_argv(self.workdir, private_tmp, writable, HIDDEN_PATHS),
+            *command,
+        ]
+
     def start(
         self,
         src: str,
@@ -207,48 +395,62 @@ class Sandbox:
     ) -> RunningPipeline:
         """Start the pipeline in the background and return a handle to wait on."""
         argv = self.profile.argv(src=src, workdir=self.workdir)
-        full_argv = [*wrapper, *argv]
+        with self._lock:
+            self._started += 1
+            number = self._started
+        label = label or f"run {number}"
+        bound = timeout_s or self.profile.timeout_s
+        private_tmp = Path(tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-"))
+        (private_tmp / "home").mkdir()
+        inside_tmp = "/tmp" if self.isolation.mode is Isolation.NAMESPACES else str(private_tmp)
+        env = self.environment(src, extra_env)
+        env["HOME"] = f"{inside_tmp}/home"
+        env["TMPDIR"] = inside_tmp
+        report_read, report_write = os.pipe()
+        command = self._command(argv, wrapper, private_tmp, report_write, bound)
+        token = self.listener.run_started(self, label) if self.listener else None
         before = snapshot(self.workdir)
-        stdout = tempfile.TemporaryFile()
-        stderr = tempfile.TemporaryFile()
+        started = time.monotonic()
         try:
             process = subprocess.Popen(
-                full_argv,
+                command,
                 cwd=self.workdir,
-                env=self.environment(src, extra_env),
+                env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(report_write,),
                 start_new_session=True,
             )
-        except FileNotFoundError:
-            stdout.close()
-            stderr.close()
-            raise ConfigurationError(
-                f"{self.profile.path}: pipeline.command: program not found: {full_argv[0]}"
-            ) from None
-        except PermissionError:
-            stdout.close()
-            stderr.close()
-            raise ConfigurationError(
-                f"{self.profile.path}: pipeline.command: not executable: {full_argv[0]}"
-            ) from None
-        with self._lock:
-            number = len(self.runs) + 1
+        except OSError as exc:
+            os.close(report_read)
+            shutil.rmtree(private_tmp, ignore_errors=True)
+            raise HarnessError(f"cannot start the run's sandbox: {exc}") from None
+        finally:
+            os.close(report_write)
         return RunningPipeline(
-            label=label or f"run {number}",
-            argv=full_argv,
+            self,
+            label=label,
+            argv=[*wrapper, *argv],
             process=process,
-            timeout_s=timeout_s or self.profile.timeout_s,
+            timeout_s=bound,
             before=before,
-            workdir=self.workdir,
-            stdout=stdout,
-            stderr=stderr,
+            started=started,
+            report=os.fdopen(report_read, "rb"),
+            private_tmp=private_tmp,
+            token=token,
         )
 
+    def _finished(self, result: RunResult, token: object) -> None:
+        self.record(result)
+        if self.listener is not None:
+            self.listener.run_finished(self, result, token)
+
     def record(self, result: RunResult) -> RunResult:
+        """Keep a finished run in this sandbox's list (:meth:`RunningPipeline.wait` does)."""
         with self._lock:
-            self.runs.append(result)
+            if result not in self.runs:
+                self.runs.append(result)
         return result
 
     def run(
@@ -264,10 +466,27 @@ class Sandbox:
         running = self.start(
             src, label=label, extra_env=extra_env, wrapper=wrapper, timeout_s=timeout_s
         )
-        return self.record(running.wait())
+        return running.wait()
 
     def output_state(self) -> FileState | None:
         return file_state(self.output_path)
 
     def files(self) -> Snapshot:
         return snapshot(self.workdir)
+
+
+def _wrapper_outputs(wrapper: Sequence[str]) -> list[Path]:
+    """Directories a wrapper writes its own output to (strace's ``-o FILE``): the sandbox
+    makes them writable. Wrappers are the harness's own argv, never the pipeline's."""
+    found: list[Path] = []
+    for index, arg in enumerate(wrapper):
+        value = None
+        if arg in ("-o", "--output") and index + 1 < len(wrapper):
+            value = wrapper[index + 1]
+        elif arg.startswith("--output="):
+            value = arg.split("=", 1)[1]
+        if value and value.startswith("/"):
+            parent = Path(value).parent
+            if parent != Path("/") and parent not in found:
+                found.append(parent)
+    return found

@@ -76,9 +76,20 @@ class ScenarioContext:
     run_observers: list[RunObserver] = field(default_factory=list)
     rng: random.Random = field(init=False)
     skip_kind: SkipKind | None = None
+    _runs_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _in_flight: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.sandbox.listener = self
+        make_raw = self.make_sandbox
+
+        def make_logged_sandbox() -> Sandbox:
+            box = make_raw()
+            box.listener = self
+            return box
+
+        self.make_sandbox = make_logged_sandbox
 
     # -- the upstream -------------------------------------------------------------------------
     def serve(
@@ -183,25 +194,63 @@ class ScenarioContext:
         self, label: str | None = None, *, src: str | None = None, sandbox: Sandbox | None = None
     ) -> RunResult:
         """Run the pipeline once; a run killed at its timeout fails the scenario."""
-        for observer in self.run_observers:
-            observer.before_run(self, label)
         result = (sandbox or self.sandbox).run(
             self.origin.url if src is None else src,
             label=label,
             extra_env=self.extra_env,
         )
-        self.all_runs.append(result)
-        for observer in self.run_observers:
-            observer.after_run(self, result)
-        self.judge.require(
+        self.expect_finished(result)
+        return result
+
+    def expect_finished(self, result: RunResult) -> None:
+        """The run ended by itself within the profile's time bound."""
+        self.judge.check(
             "run.finished",
             not result.timed_out,
             f"the pipeline did not finish within its timeout of {self.profile.timeout_s:g} s "
             "and was killed",
             expected=f"exit within {self.profile.timeout_s:g} s",
-            observed="still running; killed with SIGKILL",
+            observed=result.observed_end(),
         )
-        return result
+
+    def expect_no_stragglers(self) -> None:
+        """No run that ended by itself left a process of its own running (the harness killed
+        each one it found; the command lines are the evidence)."""
+        leftovers = {
+            r.label: r.stragglers
+            for r in self.all_runs
+            if r.stragglers and not r.killed and not r.timed_out
+        }
+        self.judge.check(
+            "run.no-stragglers",
+            not leftovers,
+            "a process of the run was still running after the run had exited (its exit code "
+            "claimed the work was done); the harness killed it",
+            expected="every process of a run ends before the run's exit",
+            observed=leftovers,
+        )
+
+    # -- the single run log: every sandbox of the scenario reports here -------------------------
+    def run_started(self, sandbox: Sandbox, label: str) -> object:
+        """Called by :meth:`Sandbox.start` for every run, whoever started it. Observers slice
+        what the capture services received by time, so a run that overlaps another (two
+        runs at once, parallel crash lanes) is logged but not sliced: it returns False."""
+        with self._runs_lock:
+            alone = self._in_flight == 0
+            self._in_flight += 1
+        if alone:
+            for observer in self.run_observers:
+                observer.before_run(self, label)
+        return alone
+
+    def run_finished(self, sandbox: Sandbox, result: RunResult, token: object) -> None:
+        """Called when any run of the scenario has ended: one list of runs, observers told."""
+        with self._runs_lock:
+            self.all_runs.append(result)
+            self._in_flight -= 1
+        if token is True:
+            for observer in self.run_observers:
+                observer.after_run(self, result)
 
     @property
     def last_run(self) -> RunResult:
@@ -263,7 +312,7 @@ class ScenarioContext:
     def expect_exit(self, *outcomes: str) -> None:
         result = self.last_run
         codes = {o: self.profile.exit_codes.of(o) for o in outcomes}
-        self.judge.require(
+        self.judge.check(
             "exit-code",
             result.exit_code in codes.values(),
             f"{result.label} exited {result.exit_code}; declared for "
@@ -275,7 +324,7 @@ class ScenarioContext:
     def expect_every_run_succeeded(self) -> None:
         success = self.profile.exit_codes.success_codes()
         bad = [(r.label, r.exit_code) for r in self.all_runs if r.exit_code not in success]
-        self.judge.require(
+        self.judge.check(
             "exit-code.success",
             not bad,
             "a run against an unchanged upstream did not exit with a success code",
@@ -285,7 +334,7 @@ class ScenarioContext:
 
     def expect_same_code_every_time(self) -> None:
         codes = self.evidence.get("repeated_exit_codes", [])
-        self.judge.require(
+        self.judge.check(
             "exit-code.deterministic",
             len(set(codes)) == 1,
             f"the same scenario gave different exit codes: {codes}",
@@ -299,7 +348,7 @@ class ScenarioContext:
     def expect_failure_code(self) -> None:
         result = self.last_run
         success = self.profile.exit_codes.success_codes()
-        self.judge.require(
+        self.judge.check(
             "exit-code.failure-not-success",
             result.exit_code not in success,
             f"{result.label} exited {result.exit_code}, a success code, on a failure",
@@ -311,19 +360,27 @@ class ScenarioContext:
     def expect_output_rows(self, version: Version | None = None) -> None:
         version = version or self.current
         path = self.sandbox.output_path
-        self.judge.require(
+        self.judge.check(
             "output.exists",
             path.exists(),
             f"no output at {self.profile.output} after a publishing run",
             expected=self.profile.output,
             observed=sorted(self.sandbox.files()),
         )
+        if not path.exists():
+            return
         try:
             comparison = outputs.compare_rows(version.resource.body, path)
         except outputs.UnreadableOutput as exc:
-            self.judge.require("output.readable", False, f"the output is unreadable: {exc}")
+            self.judge.check(
+                "output.readable",
+                False,
+                f"the output is unreadable: {exc}",
+                expected="rows in the output's format",
+                observed=str(exc),
+            )
             return
-        self.judge.require(
+        self.judge.check(
             "output.rows",
             comparison.same,
             f"the output does not hold version {version.number}'s rows: " + comparison.describe(),
@@ -338,7 +395,7 @@ class ScenarioContext:
         before = self.current_published_state()
         after = self.sandbox.output_state()
         same = after is not None and before is not None and after.sha256 == before.sha256
-        self.judge.require(
+        self.judge.check(
             "output.bytes-unchanged",
             same,
             "the output's bytes changed",
@@ -346,7 +403,7 @@ class ScenarioContext:
             observed=after.sha256 if after else "absent",
         )
         if inode and before is not None and after is not None:
-            self.judge.require(
+            self.judge.check(
                 "output.inode-unchanged",
                 after.inode == before.inode,
                 "the output was rewritten (new inode) although nothing changed",
@@ -361,7 +418,7 @@ class ScenarioContext:
     def expect_outputs_identical_across_dirs(self) -> None:
         states = {box.workdir.name: box.output_state() for box in self.other_sandboxes}
         digests = {name: state.sha256 if state else None for name, state in states.items()}
-        self.judge.require(
+        self.judge.check(
             "output.identical-across-dirs",
             len(set(digests.values())) == 1 and None not in digests.values(),
             "the same payload gave different output bytes in different working directories",
@@ -380,7 +437,7 @@ class ScenarioContext:
             "reads_with_a_new_state": len(seen),
             "complete_versions": sorted(d for d in complete if d),
         }
-        self.judge.require(
+        self.judge.check(
             "output.never-torn",
             not torn,
             f"a reader saw {len(torn)} state(s) of the output that are no complete version",
@@ -392,7 +449,7 @@ class ScenarioContext:
         exchange = self.request_of_last_run()
         sent = exchange.header("if-modified-since")
         stored = {v.resource.last_modified for v in self.versions}
-        self.judge.require(
+        self.judge.check(
             "request.if-modified-since",
             sent is None or sent in stored,
             "the pipeline sent an If-Modified-Since that the upstream never gave it",
@@ -413,7 +470,7 @@ class ScenarioContext:
         output = self.profile.output
         digest_before = before[output].sha256 if output in before else "absent"
         digest_after = after[output].sha256 if output in after else "absent"
-        self.judge.require(
+        self.judge.check(
             "output.unchanged",
             digest_before == digest_after,
             "the published output changed on a run that must not publish",
@@ -433,7 +490,7 @@ class ScenarioContext:
         declared = self.profile.state
         if declared is not None:
             in_state = [p for p in changed if _under_any(p, declared)]
-            self.judge.require(
+            self.judge.check(
                 "state.unchanged",
                 not in_state,
                 "the declared run-state changed on a run that must not publish",
@@ -473,7 +530,7 @@ class ScenarioContext:
                 and p != self.profile.output
                 and not _under_any(p, declared)
             ]
-        self.judge.require(
+        self.judge.check(
             "output.no-temporaries",
             not leftovers,
             "temporary files were left beside the output",
@@ -482,7 +539,7 @@ class ScenarioContext:
         )
 
     def expect_nothing_published(self) -> None:
-        self.judge.require(
+        self.judge.check(
             "output.absent",
             not self.sandbox.output_path.exists(),
             "an output was published from data that had to be rejected",
@@ -512,7 +569,7 @@ class ScenarioContext:
         exchange = self.request_of_last_run()
         sent = exchange.header(name)
         if value is None:
-            self.judge.require(
+            self.judge.check(
                 f"request.no-{name.lower()}",
                 sent is None,
                 f"the request carried {name}: {sent!r} although there was nothing to send",
@@ -520,7 +577,7 @@ class ScenarioContext:
                 observed=sent,
             )
         else:
-            self.judge.require(
+            self.judge.check(
                 f"request.{name.lower()}",
                 sent == value,
                 f"the request carried {name} {sent!r}, not the stored validator byte for byte",
@@ -546,7 +603,7 @@ class ScenarioContext:
         allowed_ims = {holder.resource.last_modified} if holder else set()
         allowed_inm = {holder.resource.etag} if holder else set()
         ok = (ims is None or ims in allowed_ims) and (inm is None or inm in allowed_inm)
-        self.judge.require(
+        self.judge.check(
             "state.matches-output",
             ok,
             "the pipeline sent validators of a version it has not published: its run-state "
@@ -561,7 +618,7 @@ class ScenarioContext:
 
     def expect_status_answered(self, status: int) -> None:
         exchange = self.request_of_last_run()
-        self.judge.require(
+        self.judge.check(
             "upstream.status",
             exchange.status == status,
             f"the upstream answered {exchange.status}, expected {status} "

@@ -223,7 +223,7 @@ class Origin:
             self.exchanges.append(
                 Exchange(
                     number=number,
-                    at=time.time(),
+                    at=time.monotonic(),
                     method=request.method,
                     path=request.path,
                     headers={k.lower(): v for k, v in request.headers.items()},

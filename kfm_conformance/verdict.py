@@ -78,6 +78,11 @@ class GuaranteeViolation(AssertionError):
         self.finding = finding
 
 
+class PreconditionFailed(GuaranteeViolation):
+    """A ``Given`` step did not hold (say, the first publication failed): the pipeline broke
+    something, but not yet the guarantee's own checks, which could then not be judged."""
+
+
 class HarnessError(Exception):
     """The harness or its infrastructure broke: the verdict is ``error``, never ``fail``."""
 
@@ -124,26 +129,51 @@ def recommended(check: str, ok: bool, message: str, **detail: Any) -> Finding:
 
 @dataclass
 class Judge:
-    """Collects the findings of one scenario and raises on the first broken requirement."""
+    """Collects the findings of one scenario.
+
+    A broken requirement ends the step it is found in (:meth:`require`), except an
+    *independent* one (:meth:`check`): later checks do not depend on it, so it is kept and the
+    scenario goes on, to report every defect at once; the plugin fails the scenario at its
+    end. In a ``Given`` step (``phase == "given"``) any broken requirement is a
+    :class:`PreconditionFailed` at once.
+    """
 
     strict: bool = False
     findings: list[Finding] = field(default_factory=list)
+    phase: str | None = None
+    deferred: list[Finding] = field(default_factory=list)
 
-    def apply(self, findings: Finding | Iterable[Finding]) -> None:
-        """Record findings; raise :class:`GuaranteeViolation` for the first one that binds."""
+    def _binds(self, finding: Finding) -> bool:
+        return not finding.ok and (finding.level is Level.REQUIRED or self.strict)
+
+    def apply(self, findings: Finding | Iterable[Finding], *, independent: bool = False) -> None:
+        """Record findings; raise for the first one that binds (unless ``independent``)."""
         batch = [findings] if isinstance(findings, Finding) else list(findings)
         self.findings.extend(batch)
         for finding in batch:
-            if finding.ok:
+            if not self._binds(finding):
                 continue
-            if finding.level is Level.REQUIRED or self.strict:
-                raise GuaranteeViolation(finding)
+            if self.phase == "given":
+                raise PreconditionFailed(finding)
+            if independent:
+                self.deferred.append(finding)
+                continue
+            raise GuaranteeViolation(finding)
 
     def require(self, check: str, ok: bool, message: str, **detail: Any) -> None:
         self.apply(required(check, ok, message, **detail))
 
+    def check(self, check: str, ok: bool, message: str, **detail: Any) -> None:
+        """A MUST that later checks do not depend on: kept, and the scenario goes on."""
+        self.apply(required(check, ok, message, **detail), independent=True)
+
     def recommend(self, check: str, ok: bool, message: str, **detail: Any) -> None:
         self.apply(recommended(check, ok, message, **detail))
+
+    def raise_deferred(self) -> None:
+        """At the end of a scenario: fail it if an independent check did not hold."""
+        if self.deferred:
+            raise GuaranteeViolation(self.deferred[0])
 
     @property
     def warnings(self) -> list[Finding]:
@@ -152,3 +182,8 @@ class Judge:
     @property
     def failures(self) -> list[Finding]:
         return [f for f in self.findings if not f.ok and f.level is Level.REQUIRED]
+
+    @property
+    def binding_failures(self) -> list[Finding]:
+        """Every broken finding that makes the scenario fail, in the order found."""
+        return [f for f in self.findings if self._binds(f)]

@@ -62,3 +62,12 @@ Feature: Deterministic exit codes
       | slowness              |
       | headers sent late     |
       | a trickling body      |
+
+  @id:nothing-of-a-run-goes-on-after-it-exits
+  Scenario: Nothing of a run goes on after it exits
+    Given the upstream serves 25 rows
+    And the pipeline has published once
+    And the upstream's next answer is JSON cut in the middle
+    When the pipeline runs again
+    Then it exits with a failure code
+    And no process of any run was still alive after that run exited

@@ -146,15 +146,6 @@ def fold(
     )
 
 
-def read_scenario_results(directory: Path) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("scenarios-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                results.append(json.loads(line))
-    return results
-
-
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -262,3 +262,8 @@ def upstream_answered(kfm: ScenarioContext, status: str) -> None:
 @then("it sends only validators of the version it has published")
 def sends_validators_of_published(kfm: ScenarioContext) -> None:
     kfm.expect_validators_of_published_version()
+
+
+@then("no process of any run was still alive after that run exited")
+def no_stragglers(kfm: ScenarioContext) -> None:
+    kfm.expect_no_stragglers()
