@@ -19,7 +19,9 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,9 @@ def _verify(key: bytes, line: str) -> tuple[str, Any] | str:
     return kind, body
 
 
-def read_channel(directory: Path, key: bytes) -> ChannelContents:
+def read_channel(
+    directory: Path, key: bytes, validate: Callable[[Any], Any] | None = None
+) -> ChannelContents:
     """Read every record back, authenticate it, and check that the results are complete.
 
     Each test process records the scenarios it collected (``collection-*.jsonl``: xdist
@@ -133,6 +137,15 @@ def read_channel(directory: Path, key: bytes) -> ChannelContents:
                 collections.append([b for b in body if isinstance(b, dict) and "nodeid" in b])
             elif kind == "result" and isinstance(body, dict) and "nodeid" in body:
                 nodeid = str(body["nodeid"])
+                if validate is not None:
+                    try:
+                        validate(body)
+                    except ValueError as exc:
+                        contents.problems.append(
+                            f"harness error: results channel: the result for {nodeid} is "
+                            f"malformed: {exc}"
+                        )
+                        continue
                 if nodeid in by_node:
                     contents.problems.append(
                         f"harness error: results channel: two results for {nodeid}"
@@ -175,8 +188,11 @@ def read_channel(directory: Path, key: bytes) -> ChannelContents:
 
 def missing_result(entry: dict[str, Any]) -> dict[str, Any]:
     """The ``error`` row a collected scenario gets when its result never arrived."""
+    fallback = "unknown/" + (
+        re.sub(r"[^a-z0-9]+", "-", str(entry["nodeid"]).lower()).strip("-") or "scenario"
+    )
     return {
-        "check_id": entry.get("check_id") or entry["nodeid"],
+        "check_id": entry.get("check_id") or fallback,
         "guarantee": entry.get("guarantee") or "unknown",
         "feature_file": entry.get("feature_file"),
         "name": entry.get("name") or entry["nodeid"],

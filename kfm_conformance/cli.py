@@ -35,6 +35,7 @@ from kfm_conformance.redact import Redactor
 from kfm_conformance.report import baseline as baselines
 from kfm_conformance.report import bundle, diff
 from kfm_conformance.report.model import (
+    ScenarioResult,
     build_provenance,
     fold,
     now_iso,
@@ -272,7 +273,7 @@ def certify(args: argparse.Namespace) -> int:
             key,
             stall_s=stall,
         )
-        contents = channel.read_channel(results_dir, key)
+        contents = channel.read_channel(results_dir, key, validate=ScenarioResult.from_json)
     results = contents.results
     problems = list(outcome.problems)
     if outcome.returncode not in (0, 1) and not outcome.interrupted:

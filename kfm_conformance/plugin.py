@@ -42,6 +42,7 @@ from kfm_conformance.features import declared_id
 from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
+from kfm_conformance.report.model import ScenarioResult
 from kfm_conformance.sandbox import Sandbox
 from kfm_conformance.scenario import ScenarioContext
 from kfm_conformance.services.collector_tap import CollectorTap
@@ -558,23 +559,23 @@ def _scenario_result(
     if declared is None and verdict is not Verdict.ERROR:
         verdict = Verdict.ERROR
         message = f"harness error: scenario {scenario_name!r} declares no @id: check ID"
-    return {
-        "check_id": _check_id(guarantee, declared or _slug(scenario_name), example),
-        "guarantee": guarantee,
-        "feature_file": info.get("feature_file"),
-        "name": scenario_name,
-        "example": example,
-        "kind": "recommended" if recommended else "required",
-        "verdict": str(verdict),
-        "message": message,
-        "skip_kind": skip_kind,
-        "duration_s": round(report.duration, 3),
-        "steps": item.stash.get(STEPS_KEY, []),
-        "findings": [f.to_json() for f in context.judge.findings] if context else [],
-        "precondition_failed": precondition,
-        "evidence": evidence,
-        "nodeid": item.nodeid,
-    }
+    return ScenarioResult(
+        check_id=_check_id(guarantee, declared or _slug(scenario_name), example),
+        guarantee=guarantee,
+        feature_file=info.get("feature_file"),
+        name=scenario_name,
+        example=example,
+        kind="recommended" if recommended else "required",
+        verdict=str(verdict),
+        message=message,
+        skip_kind=skip_kind,
+        duration_s=round(report.duration, 3),
+        steps=item.stash.get(STEPS_KEY, []),
+        findings=[f.to_json() for f in context.judge.findings] if context else [],
+        precondition_failed=precondition,
+        evidence=evidence,
+        nodeid=item.nodeid,
+    ).to_json()
 
 
 def _failure_message(context: ScenarioContext | None, raised: GuaranteeViolation) -> str:

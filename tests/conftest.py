@@ -73,6 +73,19 @@ def certify(*args: str, cwd: Path | None = None, timeout: float = 900) -> tuple[
     return done.returncode, done.stdout, done.stderr
 
 
+def scenario_records(results_dir: Path) -> list[dict[str, Any]]:
+    """The scenario results a plugin run wrote (``--kfm-results``), without authenticating
+    them: each record's body (the CLI authenticates them with its key)."""
+    found = []
+    for path in sorted(results_dir.glob("scenarios-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record.get("kind") == "result":
+                    found.append(record["body"])
+    return found
+
+
 def load_report(report_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((report_dir / "report.json").read_text())
     return data

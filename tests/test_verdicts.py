@@ -3,9 +3,8 @@ never passes or fails; a broken requirement is a fail; a SHOULD is a warn."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from conftest import scenario_records
 
 from kfm_conformance.report.model import fold
 from kfm_conformance.verdict import GuaranteeViolation, Judge, Verdict
@@ -29,11 +28,7 @@ def _run(pytester: pytest.Pytester, feature: str, steps: str) -> list[dict]:
     pytester.runpytest_subprocess(
         "test_probe.py", "--kfm-profile", str(profile), "--kfm-results", str(results)
     )
-    return [
-        json.loads(line)
-        for path in sorted(results.glob("scenarios-*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
+    return scenario_records(results)
 
 
 FEATURE = """

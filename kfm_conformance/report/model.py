@@ -7,6 +7,7 @@ guarantee was not checked, and an unchecked guarantee is not certified — Sonob
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,76 @@ from kfm_conformance import BLUEPRINT_VERSION, __version__, guarantees
 from kfm_conformance.verdict import SkipKind, Verdict
 
 REPORT_FORMAT = 1
+
+
+class MalformedResult(ValueError):
+    """A scenario result that does not match ``$defs/scenario`` of the report schema."""
+
+
+@functools.cache
+def _scenario_validator() -> Any:
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schema = json.loads(
+        resources.files("kfm_conformance.schemas").joinpath("report.schema.json").read_text()
+    )
+    registry: Registry[Any] = Registry().with_resource(
+        schema["$id"], Resource.from_contents(schema)
+    )
+    return jsonschema.Draft202012Validator(
+        {"$ref": schema["$id"] + "#/$defs/scenario"}, registry=registry
+    )
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's result, as the plugin makes it and the CLI reads it back."""
+
+    check_id: str
+    guarantee: str
+    name: str
+    verdict: str
+    message: str
+    kind: str
+    nodeid: str
+    feature_file: str | None = None
+    example: dict[str, str] | None = None
+    skip_kind: str | None = None
+    precondition_failed: bool = False
+    duration_s: float = 0.0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check_id": self.check_id,
+            "guarantee": self.guarantee,
+            "feature_file": self.feature_file,
+            "name": self.name,
+            "example": self.example,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "message": self.message,
+            "skip_kind": self.skip_kind,
+            "precondition_failed": self.precondition_failed,
+            "duration_s": self.duration_s,
+            "steps": self.steps,
+            "findings": self.findings,
+            "evidence": self.evidence,
+            "nodeid": self.nodeid,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ScenarioResult:
+        """Read a result back, validated against the report schema's ``$defs/scenario``."""
+        errors = sorted(_scenario_validator().iter_errors(data), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+            raise MalformedResult(f"{where}: {errors[0].message[:200]}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

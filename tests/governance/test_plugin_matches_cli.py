@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import scenario_records
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "fixtures" / "profile.toml"
 GUARANTEES = ["empty-rejection", "exit-codes"]
@@ -25,13 +27,7 @@ def run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 
 def verdicts_from_results(directory: Path) -> dict[str, str]:
-    found = {}
-    for path in directory.glob("scenarios-*.jsonl"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                result = json.loads(line)
-                found[result["check_id"]] = result["verdict"]
-    return found
+    return {r["check_id"]: r["verdict"] for r in scenario_records(directory)}
 
 
 def test_plugin_and_cli_give_the_same_verdicts(tmp_path: Path) -> None:

@@ -1,0 +1,276 @@
+"""A pipeline under test cannot forge a verdict, escape its run, or leak the harness's secrets.
+
+Each test certifies a broken pipeline that also attacks the harness (``fixtures/hostile.py``)
+and proves the attack contained: the pipeline is still refused on the guarantee it breaks,
+nothing of it outlives the certification, nothing was written outside its working directory,
+and no secret of the harness's environment reaches a report. Runs at the CLI's defaults
+(``--isolation auto``, which is ``namespaces`` on these machines; in CI, namespaces must be
+available).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import site
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, REFERENCE_PROFILE, certify, fixture_profile, load_report
+
+from kfm_conformance import isolation
+
+CANARY_TOKEN = "ghp_" + "K" * 36
+CANARY_API = "kfm-api-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module", autouse=True)
+def namespaces_available() -> None:
+    ok, why, _ = isolation.probe_namespaces()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"namespaces must be available in CI: {why}")
+        pytest.skip(why)
+
+
+def _processes_mentioning(marker: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in blob:
+            found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+    return found
+
+
+def _attack(tmp_path: Path, attack: str, *extra: str, **env: str) -> tuple[int, dict[str, Any]]:
+    marker = uuid.uuid4().hex
+    profile = fixture_profile(
+        tmp_path,
+        "hostile.py",
+        env={"KFM_ATTACK": attack, "KFM_MARKER": marker, **env},
+    )
+    report_dir = tmp_path / "report"
+    environ = {**os.environ, "GITHUB_TOKEN": CANARY_TOKEN, "KFM_API_TOKEN": CANARY_API}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kfm_conformance.cli",
+            "certify",
+            "--profile",
+            str(profile),
+            "--report-dir",
+            str(report_dir),
+            "--only",
+            "deterministic-output",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=900,
+        check=False,
+    )
+    time.sleep(0.5)
+    assert _processes_mentioning(marker) == [], "a process of the run outlived certify"
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr[-2000:])
+    report = load_report(report_dir)
+    assert report["verdict"] == "not-certified"
+    for path in report_dir.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes()
+            assert CANARY_TOKEN.encode() not in text, path
+            assert CANARY_API.encode() not in text, path
+    return done.returncode, report
+
+
+def _row(report: dict[str, Any], guarantee: str) -> dict[str, Any]:
+    return next(g for g in report["guarantees"] if g["id"] == guarantee)
+
+
+def test_a_detached_helper_cannot_rewrite_or_swap_results(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "forge-results")
+    assert report["isolated"] is True
+    row = _row(report, "deterministic-output")
+    assert row["verdict"] == "fail"
+    assert not report["problems"], report["problems"]
+
+
+def test_a_pipeline_that_kills_its_worker_cannot_make_scenarios_vanish(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "kill-worker", "-j", "2")
+    assert _row(report, "deterministic-output")["verdict"] == "fail"
+
+
+def test_without_isolation_a_killed_worker_is_visible_not_certified(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "kill-worker", "-j", "2", "--isolation", "none")
+    assert report["isolated"] is False
+    # The attack kills the test run: the missing results are harness errors, never a pass.
+    assert report["problems"]
+    assert all(s["verdict"] != "pass" for g in report["guarantees"] for s in g["scenarios"])
+
+
+def test_a_hook_cannot_be_planted_in_the_harness_interpreter(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "plant-hook")
+    assert _row(report, "deterministic-output")["verdict"] == "fail"
+    for directory in [*site.getsitepackages(), *sys.path]:
+        assert not Path(directory, "zz_kfm_forge.pth").exists(), directory
+
+
+def test_the_harness_environment_cannot_be_read_through_proc(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "read-environ")
+    runs = [
+        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
+    ]
+    assert runs
+    # Only the sandbox's own processes are visible: none of them is the harness.
+    assert not any("pytest" in r["stdout_tail"] for r in runs)
+
+
+def test_a_write_outside_the_working_directory_fails(tmp_path: Path) -> None:
+    canary = tmp_path / "outside" / "canary.txt"
+    canary.parent.mkdir()
+    _, report = _attack(tmp_path, "write-outside", KFM_CANARY=str(canary))
+    assert not canary.exists()
+    runs = [
+        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
+    ]
+    assert any("Read-only file system" in r["stderr_tail"] for r in runs)
+
+
+def test_500_mb_on_stdout_is_kept_as_a_bounded_tail(tmp_path: Path) -> None:
+    _, report = _attack(tmp_path, "flood-stdout")
+    runs = [
+        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
+    ]
+    assert runs and all(r["stdout_bytes"] >= 500 * (1 << 20) for r in runs)
+    assert all(len(r["stdout_tail"]) < 4096 + 100 for r in runs)
+
+
+def test_a_straggler_that_calls_setsid_is_killed_and_named(tmp_path: Path) -> None:
+    profile = fixture_profile(tmp_path, "writes_after_exit.py")
+    report_dir = tmp_path / "report"
+    code, out, err = certify(
+        "certify",
+        "--profile",
+        str(profile),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        "exit-codes",
+    )
+    assert code == 1, (out, err[-2000:])
+    report = load_report(report_dir)
+    scenario = next(
+        s
+        for s in _row(report, "exit-codes")["scenarios"]
+        if s["check_id"] == "exit-codes/nothing-of-a-run-goes-on-after-it-exits"
+    )
+    assert scenario["verdict"] == "fail"
+    broken = [f for f in scenario["findings"] if f["check"] == "run.no-stragglers"]
+    assert broken and not broken[0]["ok"]
+    assert any(
+        "writes_after_exit.py" in line for lines in broken[0]["observed"].values() for line in lines
+    )
+
+
+def test_sigterm_stops_certify_and_keeps_the_results_so_far(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    profile = fixture_profile(tmp_path, "kfm_fixture.py", env={"KFM_MARKER": marker})
+    report_dir = tmp_path / "report"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kfm_conformance.cli",
+            "certify",
+            "--profile",
+            str(profile),
+            "--report-dir",
+            str(report_dir),
+            "-j",
+            "2",
+            "--only",
+            "exit-codes",
+            "change-detection",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 600
+    for line in process.stderr:
+        if line.startswith("PASS") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, out
+    time.sleep(0.5)
+    assert _processes_mentioning(marker) == []
+    assert _processes_mentioning(str(profile)) == []
+    report = load_report(report_dir)
+    assert report["interrupted"] == "SIGTERM"
+    assert report["verdict"] == "not-certified"
+    assert any(s["verdict"] == "pass" for g in report["guarantees"] for s in g["scenarios"])
+
+
+def test_results_channel_refuses_forged_symlinked_and_missing_records(tmp_path: Path) -> None:
+    from kfm_conformance import channel
+
+    key = channel.new_key()
+    collected = [{"nodeid": "a", "check_id": "x/a"}, {"nodeid": "b", "check_id": "x/b"}]
+    channel.append(tmp_path / "collection-gw0.jsonl", channel.seal(key, "collection", collected))
+    good = {"nodeid": "a", "check_id": "x/a", "verdict": "fail"}
+    channel.append(tmp_path / "scenarios-gw0.jsonl", channel.seal(key, "result", good))
+    forged = channel.seal(channel.new_key(), "result", {**good, "verdict": "pass"})
+    channel.append(tmp_path / "scenarios-gw1.jsonl", forged)
+    (tmp_path / "scenarios-gw2.jsonl").symlink_to(tmp_path / "scenarios-gw0.jsonl")
+    contents = channel.read_channel(tmp_path, key)
+    assert [r["verdict"] for r in contents.results] == ["fail", "error"]
+    assert contents.missing == ["b"]
+    text = " ".join(contents.problems)
+    assert "not authenticated" in text
+    assert "cannot be opened safely" in text
+    assert "no result for x/b" in text
+
+
+def test_reference_isolation_is_recorded_in_the_provenance(tmp_path: Path) -> None:
+    report_dir = tmp_path / "report"
+    code, out, err = certify(
+        "certify",
+        "--profile",
+        str(REFERENCE_PROFILE),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        "deterministic-output",
+        "--require-isolation",
+    )
+    assert code == 0, (out, err[-2000:])
+    report = load_report(report_dir)
+    assert report["provenance"]["isolation"]["mode"] == "namespaces"
+    assert "unisolated" not in out
+    code, out, err = certify(
+        "certify",
+        "--profile",
+        str(REFERENCE_PROFILE),
+        "--report-dir",
+        str(tmp_path / "r2"),
+        "--only",
+        "deterministic-output",
+        "--isolation",
+        "none",
+    )
+    assert code == 0, (out, err[-2000:])
+    assert "CERTIFIED (core, unisolated)" in out
+    assert FIXTURES.is_dir()
