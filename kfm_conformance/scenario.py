@@ -16,10 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from kfm_conformance import outputs
+from kfm_conformance import checks, outputs
 from kfm_conformance.profile import Profile
 from kfm_conformance.sandbox import FileState, RunResult, Sandbox, Snapshot
 from kfm_conformance.upstream import (
@@ -32,10 +31,7 @@ from kfm_conformance.upstream import (
     rows_payload,
     script_next_answer,
 )
-from kfm_conformance.verdict import Judge, NotApplicable, SkipKind
-
-#: File names that betray a temporary file left behind.
-TEMP_MARKERS = (".tmp", ".temp", ".part", ".partial", ".wal", "~", ".swp")
+from kfm_conformance.verdict import Finding, Judge, NotApplicable, SkipKind
 
 
 @dataclass
@@ -202,34 +198,6 @@ class ScenarioContext:
         self.expect_finished(result)
         return result
 
-    def expect_finished(self, result: RunResult) -> None:
-        """The run ended by itself within the profile's time bound."""
-        self.judge.check(
-            "run.finished",
-            not result.timed_out,
-            f"the pipeline did not finish within its timeout of {self.profile.timeout_s:g} s "
-            "and was killed",
-            expected=f"exit within {self.profile.timeout_s:g} s",
-            observed=result.observed_end(),
-        )
-
-    def expect_no_stragglers(self) -> None:
-        """No run that ended by itself left a process of its own running (the harness killed
-        each one it found; the command lines are the evidence)."""
-        leftovers = {
-            r.label: r.stragglers
-            for r in self.all_runs
-            if r.stragglers and not r.killed and not r.timed_out
-        }
-        self.judge.check(
-            "run.no-stragglers",
-            not leftovers,
-            "a process of the run was still running after the run had exited (its exit code "
-            "claimed the work was done); the harness killed it",
-            expected="every process of a run ends before the run's exit",
-            observed=leftovers,
-        )
-
     # -- the single run log: every sandbox of the scenario reports here -------------------------
     def run_started(self, sandbox: Sandbox, label: str) -> object:
         """Called by :meth:`Sandbox.start` for every run, whoever started it. Observers slice
@@ -308,84 +276,53 @@ class ScenarioContext:
         self.sandbox.output_path.unlink()
         self.notes.append(f"deleted {self.profile.output}; the run-state was left in place")
 
-    # -- judging exit codes --------------------------------------------------------------------
+    # -- judging: observations gathered here, judged by the pure checks in checks.py -----------
+    def _check(self, findings: Finding | list[Finding]) -> None:
+        self.judge.apply(findings, independent=True)
+
+    def expect_finished(self, result: RunResult) -> None:
+        """The run ended by itself within the profile's time bound."""
+        self._check(checks.run_finished(result, self.profile.timeout_s))
+
     def expect_exit(self, *outcomes: str) -> None:
-        result = self.last_run
         codes = {o: self.profile.exit_codes.of(o) for o in outcomes}
-        self.judge.check(
-            "exit-code",
-            result.exit_code in codes.values(),
-            f"{result.label} exited {result.exit_code}; declared for "
-            + " or ".join(f"{o}: {c}" for o, c in codes.items()),
-            expected=codes,
-            observed=result.exit_code,
-        )
+        self._check(checks.exit_code(self.last_run, codes))
 
     def expect_every_run_succeeded(self) -> None:
         success = self.profile.exit_codes.success_codes()
-        bad = [(r.label, r.exit_code) for r in self.all_runs if r.exit_code not in success]
-        self.judge.check(
-            "exit-code.success",
-            not bad,
-            "a run against an unchanged upstream did not exit with a success code",
-            expected=sorted(success),
-            observed=bad,
-        )
+        self._check(checks.every_run_succeeded(self.all_runs, success))
 
     def expect_same_code_every_time(self) -> None:
-        codes = self.evidence.get("repeated_exit_codes", [])
-        self.judge.check(
-            "exit-code.deterministic",
-            len(set(codes)) == 1,
-            f"the same scenario gave different exit codes: {codes}",
-            expected="one code, every time",
-            observed=codes,
-        )
+        self._check(checks.same_code_every_time(self.evidence.get("repeated_exit_codes", [])))
 
     def expect_success_code(self) -> None:
         self.expect_exit("published", "not_modified")
 
     def expect_failure_code(self) -> None:
-        result = self.last_run
         success = self.profile.exit_codes.success_codes()
-        self.judge.check(
-            "exit-code.failure-not-success",
-            result.exit_code not in success,
-            f"{result.label} exited {result.exit_code}, a success code, on a failure",
-            expected=f"any code but {sorted(success)}",
-            observed=result.exit_code,
-        )
+        self._check(checks.failure_not_success(self.last_run, success))
 
-    # -- judging the output ------------------------------------------------------------------
+    def expect_no_stragglers(self) -> None:
+        """No run that ended by itself left a process of its own running (the harness killed
+        each one it found; the command lines are the evidence)."""
+        self._check(checks.no_stragglers(self.all_runs))
+
     def expect_output_rows(self, version: Version | None = None) -> None:
         version = version or self.current
         path = self.sandbox.output_path
-        self.judge.check(
-            "output.exists",
-            path.exists(),
-            f"no output at {self.profile.output} after a publishing run",
-            expected=self.profile.output,
-            observed=sorted(self.sandbox.files()),
-        )
-        if not path.exists():
+        exists = path.exists()
+        self._check(checks.output_exists(exists, self.profile.output, self.sandbox.files()))
+        if not exists:
             return
         try:
             comparison = outputs.compare_rows(version.resource.body, path)
         except outputs.UnreadableOutput as exc:
-            self.judge.check(
-                "output.readable",
-                False,
-                f"the output is unreadable: {exc}",
-                expected="rows in the output's format",
-                observed=str(exc),
-            )
+            self._check(checks.output_readable(str(exc)))
             return
-        self.judge.check(
-            "output.rows",
-            comparison.same,
-            f"the output does not hold version {version.number}'s rows: " + comparison.describe(),
-            expected=f"{comparison.expected_rows} rows of version {version.number}, in order",
-            observed=comparison.describe(),
+        self._check(
+            checks.output_rows(
+                comparison.same, comparison.describe(), comparison.expected_rows, version.number
+            )
         )
         if version.output is None:
             version.output = self.sandbox.output_state()
@@ -393,23 +330,7 @@ class ScenarioContext:
     def expect_output_untouched(self, *, inode: bool = True) -> None:
         """The output's bytes (and inode) are those of the last publication."""
         before = self.current_published_state()
-        after = self.sandbox.output_state()
-        same = after is not None and before is not None and after.sha256 == before.sha256
-        self.judge.check(
-            "output.bytes-unchanged",
-            same,
-            "the output's bytes changed",
-            expected=before.sha256 if before else None,
-            observed=after.sha256 if after else "absent",
-        )
-        if inode and before is not None and after is not None:
-            self.judge.check(
-                "output.inode-unchanged",
-                after.inode == before.inode,
-                "the output was rewritten (new inode) although nothing changed",
-                expected=before.inode,
-                observed=after.inode,
-            )
+        self._check(checks.output_untouched(before, self.sandbox.output_state(), inode=inode))
 
     def expect_files_unchanged_by_last_run(self) -> None:
         self.marks["before the last run"] = self.last_run.files_before
@@ -418,13 +339,7 @@ class ScenarioContext:
     def expect_outputs_identical_across_dirs(self) -> None:
         states = {box.workdir.name: box.output_state() for box in self.other_sandboxes}
         digests = {name: state.sha256 if state else None for name, state in states.items()}
-        self.judge.check(
-            "output.identical-across-dirs",
-            len(set(digests.values())) == 1 and None not in digests.values(),
-            "the same payload gave different output bytes in different working directories",
-            expected="one sha256 for every working directory",
-            observed=digests,
-        )
+        self._check(checks.outputs_identical(digests))
 
     def expect_reader_saw_whole_versions(self) -> None:
         # Only versions whose published rows were checked against the upstream count as
@@ -432,30 +347,15 @@ class ScenarioContext:
         complete: set[str | None] = {None}
         complete |= {v.output.sha256 for v in self.versions if v.output is not None}
         seen = [d for batch in self.evidence.get("reader_observations", []) for d in batch]
-        torn = [d for d in seen if d not in complete]
         self.evidence["reader_summary"] = {
             "reads_with_a_new_state": len(seen),
             "complete_versions": sorted(d for d in complete if d),
         }
-        self.judge.check(
-            "output.never-torn",
-            not torn,
-            f"a reader saw {len(torn)} state(s) of the output that are no complete version",
-            expected="absent, or a complete published version",
-            observed=torn[:5],
-        )
+        self._check(checks.reader_saw_whole_versions(seen, complete))
 
     def expect_ims_verbatim_if_sent(self) -> None:
-        exchange = self.request_of_last_run()
-        sent = exchange.header("if-modified-since")
-        stored = {v.resource.last_modified for v in self.versions}
-        self.judge.check(
-            "request.if-modified-since",
-            sent is None or sent in stored,
-            "the pipeline sent an If-Modified-Since that the upstream never gave it",
-            expected=[*sorted(v for v in stored if v), "or no header"],
-            observed=sent,
-        )
+        sent = self.request_of_last_run().header("if-modified-since")
+        self._check(checks.ims_verbatim_if_sent(sent, self.served_versions()))
 
     def current_published_state(self) -> FileState | None:
         for version in reversed(self.versions):
@@ -465,168 +365,79 @@ class ScenarioContext:
 
     def expect_files_unchanged_since(self, mark: str) -> None:
         """Output and run-state are byte-identical to the marked moment."""
-        before = self.marks[mark]
-        after = self.sandbox.files()
-        output = self.profile.output
-        digest_before = before[output].sha256 if output in before else "absent"
-        digest_after = after[output].sha256 if output in after else "absent"
-        self.judge.check(
-            "output.unchanged",
-            digest_before == digest_after,
-            "the published output changed on a run that must not publish",
-            expected=digest_before,
-            observed=digest_after,
-        )
-        changed = sorted(
-            path
-            for path in set(before) | set(after)
-            if path != output
-            and (
-                before.get(path) is None
-                or after.get(path) is None
-                or before[path].sha256 != after[path].sha256
+        self._check(
+            checks.files_unchanged(
+                self.marks[mark], self.sandbox.files(), self.profile.output, self.profile.state
             )
         )
-        declared = self.profile.state
-        if declared is not None:
-            in_state = [p for p in changed if _under_any(p, declared)]
-            self.judge.check(
-                "state.unchanged",
-                not in_state,
-                "the declared run-state changed on a run that must not publish",
-                expected="byte-identical: " + ", ".join(declared),
-                observed=in_state,
-            )
-        else:
-            self.judge.recommend(
-                "state.unchanged",
-                not changed,
-                "files in the working directory changed on a run that must not publish "
-                "(the profile declares no state paths, so this is a warning)",
-                expected="no file changed",
-                observed=changed,
-            )
 
     def expect_no_temporaries(self, since_last_run: bool = False) -> None:
         """Nothing temporary beside the output: no temp-named file, nor, after a run that did
         not publish, any file that run added."""
-        out_dir = self.sandbox.output_path.parent
-        rel_dir = out_dir.relative_to(self.sandbox.workdir).as_posix()
         files = self.sandbox.files()
-        beside = [p for p in files if _parent(p) == ("" if rel_dir == "." else rel_dir)]
-        leftovers = [
-            p
-            for p in beside
-            if p != self.profile.output and _looks_temporary(Path(p).name, self.profile.output)
-        ]
         last = self.last_run if self.all_runs else None
         failed = last is not None and last.exit_code not in self.profile.exit_codes.success_codes()
-        if since_last_run and last is not None and failed:
-            declared = self.profile.state or ()
-            leftovers += [
-                p
-                for p in beside
-                if p not in last.files_before
-                and p != self.profile.output
-                and not _under_any(p, declared)
-            ]
-        self.judge.check(
-            "output.no-temporaries",
-            not leftovers,
-            "temporary files were left beside the output",
-            expected=f"only {self.profile.output} in {rel_dir}/",
-            observed=sorted(set(leftovers)),
+        added = (
+            [p for p in files if p not in last.files_before]
+            if since_last_run and last is not None and failed
+            else []
+        )
+        self._check(
+            checks.no_temporaries(
+                files,
+                self.profile.output,
+                added_by_failed_run=added,
+                declared_state=self.profile.state or (),
+            )
         )
 
     def expect_nothing_published(self) -> None:
-        self.judge.check(
-            "output.absent",
-            not self.sandbox.output_path.exists(),
-            "an output was published from data that had to be rejected",
-            expected="no output",
-            observed=self.profile.output,
-        )
+        exists = self.sandbox.output_path.exists()
+        self._check(checks.nothing_published(exists, self.profile.output))
         self.expect_no_temporaries()
 
     # -- judging the requests -------------------------------------------------------------------
     def data_requests(self) -> list[Exchange]:
         return self.origin.requests_for()
 
+    def served_versions(self) -> list[checks.ServedVersion]:
+        return [
+            checks.ServedVersion(
+                v.number,
+                v.resource.last_modified,
+                v.resource.etag,
+                v.output.sha256 if v.output else None,
+            )
+            for v in self.versions
+        ]
+
     def request_of_last_run(self) -> Exchange:
+        """The first request of the last run; a run that sent none ends the step."""
         run = self.last_run
-        seen = [e for e in self.data_requests() if run.started_at <= e.at <= run.ended_at]
-        self.judge.require(
-            "request.sent",
-            bool(seen),
-            f"{run.label} sent no request to the upstream",
-            expected="a GET of the upstream URL",
-            observed="no request",
-        )
+        seen = checks.requests_of_run(self.data_requests(), run)
+        self.judge.apply(checks.request_sent(run, seen))
         return seen[0]
 
     def expect_request_header(self, name: str, value: str | None) -> None:
         """The last run's first request carried ``name`` with exactly ``value`` (or none)."""
-        exchange = self.request_of_last_run()
-        sent = exchange.header(name)
-        if value is None:
-            self.judge.check(
-                f"request.no-{name.lower()}",
-                sent is None,
-                f"the request carried {name}: {sent!r} although there was nothing to send",
-                expected="header absent",
-                observed=sent,
-            )
-        else:
-            self.judge.check(
-                f"request.{name.lower()}",
-                sent == value,
-                f"the request carried {name} {sent!r}, not the stored validator byte for byte",
-                expected=value,
-                observed=sent,
-            )
+        sent = self.request_of_last_run().header(name)
+        self._check(checks.request_header(name, sent, value))
 
     def expect_validators_of_published_version(self) -> None:
         """Whatever validators the last run sent belong to the version that is published."""
         exchange = self.request_of_last_run()
-        ims, inm = exchange.header("if-modified-since"), exchange.header("if-none-match")
         published = self.current_published_state()
-        holder = next(
-            (
-                v
-                for v in reversed(self.versions)
-                if v.output is not None
-                and published is not None
-                and v.output.sha256 == published.sha256
-            ),
-            None,
+        holder = checks.published_version(
+            self.served_versions(), published.sha256 if published else None
         )
-        allowed_ims = {holder.resource.last_modified} if holder else set()
-        allowed_inm = {holder.resource.etag} if holder else set()
-        ok = (ims is None or ims in allowed_ims) and (inm is None or inm in allowed_inm)
-        self.judge.check(
-            "state.matches-output",
-            ok,
-            "the pipeline sent validators of a version it has not published: its run-state "
-            "disagrees with its output",
-            expected={
-                "published version": holder.number if holder else None,
-                "If-Modified-Since": sorted(v for v in allowed_ims if v) or None,
-                "If-None-Match": sorted(v for v in allowed_inm if v) or None,
-            },
-            observed={"If-Modified-Since": ims, "If-None-Match": inm},
+        self._check(
+            checks.validators_of_published_version(
+                exchange.header("if-modified-since"), exchange.header("if-none-match"), holder
+            )
         )
 
     def expect_status_answered(self, status: int) -> None:
-        exchange = self.request_of_last_run()
-        self.judge.check(
-            "upstream.status",
-            exchange.status == status,
-            f"the upstream answered {exchange.status}, expected {status} "
-            f"(the request carried If-Modified-Since={exchange.header('if-modified-since')!r}, "
-            f"If-None-Match={exchange.header('if-none-match')!r})",
-            expected=status,
-            observed=exchange.status,
-        )
+        self._check(checks.status_answered(self.request_of_last_run(), status))
 
     # -- declared limits ------------------------------------------------------------------------
     def require_declared(self, limit: str) -> Any:
@@ -687,23 +498,3 @@ class ScenarioContext:
             data["notes"] = list(self.notes)
         data["workdir"] = self.sandbox.workdir.name
         return data
-
-
-def _parent(relpath: str) -> str:
-    return relpath.rpartition("/")[0]
-
-
-def _under_any(relpath: str, prefixes: tuple[str, ...]) -> bool:
-    for prefix in prefixes:
-        clean = prefix.rstrip("/")
-        if relpath == clean or relpath.startswith(clean + "/"):
-            return True
-    return False
-
-
-def _looks_temporary(name: str, output: str) -> bool:
-    lowered = name.lower()
-    base = Path(output).name.lower()
-    if any(lowered.endswith(m) or m + "." in lowered for m in TEMP_MARKERS):
-        return True
-    return lowered != base and base in lowered and lowered.startswith((".", "tmp"))

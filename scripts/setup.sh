@@ -21,10 +21,12 @@ done
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# Debian packages: strace (crash and I/O-error injection), PostgreSQL (Marquez's database),
-# Chromium (the HTML report's browser check).
+# Debian packages: strace (crash and I/O-error injection), bubblewrap (every pipeline run in
+# its own namespaces), PostgreSQL (Marquez's database), Chromium (the HTML report's browser
+# check).
 missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "$WITH_SERVICES" -eq 1 ]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
