@@ -33,7 +33,7 @@ from kfm_conformance.features import inventory_digest
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.report import baseline as baselines
-from kfm_conformance.report import bundle, diff
+from kfm_conformance.report import bundle, cucumber, diff
 from kfm_conformance.report.model import (
     ScenarioResult,
     build_provenance,
@@ -176,7 +176,7 @@ def pytest_argv(
         "--junitxml",
         str(report_dir / "junit.xml"),
         "-p",
-        "kfm_conformance.report.bundle",
+        "kfm_conformance.report.cucumber",
         "--cucumberjson",
         str((report_dir / "cucumber.json").resolve()),
         "-o",
@@ -284,7 +284,7 @@ def certify(args: argparse.Namespace) -> int:
     if not results:
         problems.append("harness error: no scenario produced a result (see pytest.log)")
     elif not outcome.interrupted:
-        problems += bundle.cucumber_problems(report_dir / "cucumber.json", results)
+        problems += cucumber.cucumber_problems(report_dir / "cucumber.json", results)
     provenance = {
         **build_provenance(
             pipeline=profile.summary(),

@@ -482,14 +482,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if not _active(item.config) or (SCENARIO_KEY not in item.stash and report.when != "setup"):
-        return
+        return report
     if (report.when == "setup" and not report.passed) or report.when == "call":
         result = _scenario_result(item, call, report)
         item.stash[RESULT_KEY] = result
@@ -497,6 +496,7 @@ def pytest_runtest_makereport(
         report.user_properties.append(("kfm_check_id", result["check_id"]))
     if report.when == "teardown" and RESULT_KEY in item.stash:
         _emit(item, item.stash[RESULT_KEY])
+    return report
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:

@@ -17,7 +17,7 @@ import pytest
 from governance_helpers import hostile_report
 
 from kfm_conformance.redact import Redactor
-from kfm_conformance.report import bundle
+from kfm_conformance.report import bundle, cucumber
 from kfm_conformance.report.writers import write_reports
 
 
@@ -234,10 +234,10 @@ def test_cucumber_comparison_names_dropped_scenarios(tmp_path: Path) -> None:
     ]
     path = tmp_path / "cucumber.json"
     path.write_text(json.dumps([{"uri": "a.feature", "elements": [{"id": "test_x"}]}]))
-    problems = bundle.cucumber_problems(path, results)
+    problems = cucumber.cucumber_problems(path, results)
     assert len(problems) == 1 and "a/y" in problems[0] and "a/z" not in problems[0]
     path.write_text(
         json.dumps([{"uri": "a.feature", "elements": [{"id": "test_x"}, {"id": "test_y"}]}])
     )
-    assert bundle.cucumber_problems(path, results) == []
-    assert bundle.cucumber_problems(tmp_path / "missing.json", results)
+    assert cucumber.cucumber_problems(path, results) == []
+    assert cucumber.cucumber_problems(tmp_path / "missing.json", results)
