@@ -65,6 +65,7 @@ STEPS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 SCENARIO_KEY = pytest.StashKey[dict[str, Any]]()
 RESULT_KEY = pytest.StashKey[dict[str, Any]]()
 SERVICE_OBSERVER_KEY = pytest.StashKey[ServiceObserver]()
+PHASE_KEY = pytest.StashKey[str]()
 
 #: Step modules that define the guarantees' vocabulary.
 STEP_MODULES = (
@@ -397,7 +398,10 @@ def kfm(
         profile=kfm_profile,
         origin=kfm_origin,
         sandbox=make_sandbox(),
-        judge=Judge(strict=bool(request.config.getoption("--kfm-strict"))),
+        judge=Judge(
+            strict=bool(request.config.getoption("--kfm-strict")),
+            phase=request.node.stash.get(PHASE_KEY, "") or None,
+        ),
         seed=kfm_seed,
         make_sandbox=make_sandbox,
         extra_env=dict(kfm_env),
@@ -428,9 +432,11 @@ def pytest_bdd_before_step(
     request: pytest.FixtureRequest, feature: Any, scenario: Any, step: Any, step_func: Any
 ) -> None:
     """The judge knows which kind of step runs: a broken Given is a failed precondition."""
+    phase = str(getattr(step, "type", "") or "").lower() or None
+    request.node.stash[PHASE_KEY] = phase or ""
     context = request.node.stash.get(CONTEXT_KEY, None)
-    if context is not None:
-        context.judge.phase = str(getattr(step, "type", "") or "").lower() or None
+    if context is not None:  # the first step makes the context itself (kfm fixture)
+        context.judge.phase = phase
 
 
 def pytest_bdd_after_step(

@@ -34,6 +34,7 @@ def _run(pytester: pytest.Pytester, feature: str, steps: str) -> list[dict]:
 FEATURE = """
 @exit-codes
 Feature: probe
+  @id:probe
   Scenario: probe
     Given {step}
 """
@@ -70,9 +71,13 @@ def test_a_bare_assert_in_harness_code_is_an_error(pytester: pytest.Pytester) ->
 
 def test_guarantee_violation_is_a_fail_and_should_is_a_warn(pytester: pytest.Pytester) -> None:
     steps = (
-        "from pytest_bdd import given\n"
+        "from pytest_bdd import given, then\n"
         "@given('a requirement breaks')\n"
         "def _(kfm):\n    kfm.judge.require('x', False, 'broken promise')\n"
+        "@then('a requirement breaks')\n"
+        "def _(kfm):\n    kfm.judge.require('x', False, 'broken promise')\n"
+        "@then('an independent check breaks')\n"
+        "def _(kfm):\n    kfm.judge.check('z', False, 'first defect')\n"
         "@given('a recommendation is missed')\n"
         "def _(kfm):\n    kfm.judge.recommend('y', False, 'missed should')\n"
         "@given('a limit is undeclared')\n"
@@ -80,13 +85,26 @@ def test_guarantee_violation_is_a_fail_and_should_is_a_warn(pytester: pytest.Pyt
     )
     feature = (
         "@exit-codes\nFeature: probe\n"
-        "  Scenario: one\n    Given a requirement breaks\n"
-        "  Scenario: two\n    Given a recommendation is missed\n"
-        "  Scenario: three\n    Given a limit is undeclared\n"
+        "  @id:one\n  Scenario: one\n    Given a requirement breaks\n"
+        "  @id:two\n  Scenario: two\n    Given a recommendation is missed\n"
+        "  @id:three\n  Scenario: three\n    Given a limit is undeclared\n"
+        "  @id:five\n  Scenario: five\n    Then an independent check breaks\n"
+        "    And a requirement breaks\n"
+        "  Scenario: six without an id\n    Then a requirement breaks\n"
     )
     results = {r["name"]: r for r in _run(pytester, feature, steps)}
+    # A broken Given is a failed precondition, not yet the guarantee's own checks.
     assert results["one"]["verdict"] == "fail"
-    assert results["one"]["message"] == "broken promise"
+    assert results["one"]["message"] == "precondition failed: broken promise"
+    assert results["one"]["precondition_failed"] is True
+    # An independent check does not stop the scenario: both defects are reported.
+    assert results["five"]["verdict"] == "fail"
+    assert results["five"]["message"] == "first defect; broken promise"
+    assert results["five"]["precondition_failed"] is False
+    assert results["five"]["check_id"] == "exit-codes/five"
+    # A scenario without a declared check ID is a harness error.
+    assert results["six without an id"]["verdict"] == "error"
+    assert "declares no @id" in results["six without an id"]["message"]
     assert results["two"]["verdict"] == "warn"
     assert results["three"]["verdict"] == "skip"
     assert results["three"]["skip_kind"] == "not-declared"
