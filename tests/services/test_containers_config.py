@@ -55,7 +55,7 @@ def test_images_are_pinned() -> None:
     assert (
         MARQUEZ_IMAGE
         == f"marquezproject/marquez:{MARQUEZ_VERSION}"
-        == "marquezproject/marquez:0.50.0"
+        == "marquezproject/marquez:0.51.1"
     )
     assert POSTGRES_IMAGE == "postgres:14"
     assert LAKEFS_IMAGE.rsplit(":", 1) == ["treeverse/lakefs", LAKEFS_VERSION]
@@ -81,7 +81,7 @@ def test_plan_order_and_subsets(tmp_path: Path) -> None:
 def test_marquez_and_postgres_share_a_network(tmp_path: Path) -> None:
     specs = _by_service(container_plan({"marquez"}, tmp_path, db_password="s3cret"))
     db, marquez = specs["marquez-db"], specs["marquez"]
-    assert db.image == "postgres:14" and marquez.image == "marquezproject/marquez:0.50.0"
+    assert db.image == "postgres:14" and marquez.image == "marquezproject/marquez:0.51.1"
     assert db.needs_network and marquez.needs_network
     assert marquez.env["POSTGRES_HOST"] in db.network_aliases
     assert db.env["POSTGRES_PASSWORD"] == marquez.env["POSTGRES_PASSWORD"] == "s3cret"
@@ -95,7 +95,7 @@ def test_marquez_and_postgres_share_a_network(tmp_path: Path) -> None:
     )
     assert set(marquez.ports) == {5000, 5001}
     assert marquez.wait is not None
-    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == ("http", 5001, "/ping")
+    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == ("http", 5001, "/healthcheck")
 
 
 def test_lakefs_runs_quickstart_and_waits_on_health() -> None:
