@@ -481,7 +481,11 @@ class LocalServices:
         session = self._session
         if session is None:
             return {}
-        return {service: self._healthy(session, service) for service in session.children}
+        return {
+            service: self._healthy(session, service)
+            for service in session.children
+            if service in SERVICE_NAMES
+        }
 
     def log_tail(self, service: str, lines: int = 50) -> str:
         session = self._session
@@ -511,7 +515,8 @@ class LocalServices:
     # ------------------------------------------------------------------ extras
 
     def pids(self) -> dict[str, int]:
-        """Pids of the running children (for tests and diagnostics)."""
+        """Pids of the running children, Marquez's ``postgresql`` included (for tests and
+        diagnostics)."""
         session = self._session
         return {} if session is None else {s: c.pid for s, c in session.children.items()}
 
@@ -757,6 +762,8 @@ class LocalServices:
     def _healthy(self, session: _Session, service: str) -> bool:
         child = session.children.get(service)
         if child is None or not child.alive():
+            return False
+        if service == "marquez" and not self._healthy(session, "postgresql"):
             return False
         check = self._health_checks.get(service)
         try:

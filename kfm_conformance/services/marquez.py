@@ -378,8 +378,12 @@ def _judge_states(
             if len(rows) == 1
             else f"Marquez shows each of the {len(rows)} runs in the state its events call for"
         ),
-        expected={r["run_id"]: r["expected"] for r in rows},
-        observed={r["run_id"]: r["state"] or "run not listed" for r in rows},
+        expected=rows[0]["expected"]
+        if len(rows) == 1
+        else {r["run_id"]: r["expected"] for r in rows},
+        observed=(rows[0]["state"] or "run not listed")
+        if len(rows) == 1
+        else {r["run_id"]: r["state"] or "run not listed" for r in rows},
     )
 
 

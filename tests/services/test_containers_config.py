@@ -95,7 +95,11 @@ def test_marquez_and_postgres_share_a_network(tmp_path: Path) -> None:
     )
     assert set(marquez.ports) == {5000, 5001}
     assert marquez.wait is not None
-    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == ("http", 5001, "/healthcheck")
+    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == (
+        "http",
+        5001,
+        "/healthcheck",
+    )
 
 
 def test_lakefs_runs_quickstart_and_waits_on_health() -> None:

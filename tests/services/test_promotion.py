@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from blocked import require_service
 from conftest import (
     FIXTURES,
     REPO,
@@ -33,6 +32,7 @@ from conftest import (
     load_report,
     openlineage_spec,
 )
+from service_builds import require_service
 
 from kfm_conformance.services.base import Endpoints
 from kfm_conformance.services.local import LocalServices, missing_builds
