@@ -7,8 +7,10 @@ builders that the providers use.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import string
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,27 @@ def test_pins_agree_across_files() -> None:
 
     pom = (REPO / "services" / "marquez" / "pom.xml").read_text()
     assert f"<marquez.version>{MARQUEZ_VERSION}</marquez.version>" in pom
+
+
+# --------------------------------------------------------------------------- build script
+
+
+def test_building_marquez_without_its_source_says_so_in_one_line(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        KFM_CACHE_DIR=str(tmp_path / "cache"),
+        KFM_MARQUEZ_SOURCE=str(tmp_path / "no-such-source"),
+    )
+    script = str(REPO / "scripts" / "build-services.sh")
+    done = subprocess.run(
+        ["bash", script, "marquez"], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"no Marquez {MARQUEZ_VERSION} source" in lines[0] and "--marquez-source" in lines[0]
+    assert not (tmp_path / "cache").exists()  # nothing was built or downloaded
+    done = subprocess.run(
+        ["bash", script, "--marquez-source"], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
