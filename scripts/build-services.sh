@@ -183,7 +183,7 @@ main() {
                         export KFM_MARQUEZ_SOURCE="$2"; shift 2; continue ;;
       --marquez-source=*) export KFM_MARQUEZ_SOURCE="${1#*=}" ;;
       marquez|lakefs|collector) targets+=("$1") ;;
-      -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+      -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
       *) log "unknown argument '$1' (expected marquez, lakefs, collector, --marquez-source DIR)"
          return 2 ;;
     esac
