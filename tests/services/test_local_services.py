@@ -169,7 +169,7 @@ def test_the_marquez_checks_pass_a_good_run_on_the_real_marquez(
     url = _marquez_url(local)
     namespace, run_id = _ns(), str(uuid.uuid4())
     upstream = {"namespace": "http://127.0.0.1:8080", "name": "/data.json"}
-    output = {"namespace": "file", "name": "/work/out/data.parquet"}
+    output = {"namespace": "file", "name": "/srv/pipeline/out/data.parquet"}
     events = [_ol_event(kind, run_id, namespace, "ingest") for kind in ("START", "COMPLETE")]
     for event in events:
         event["inputs"], event["outputs"] = [upstream], [output]
@@ -207,7 +207,7 @@ def _airflow_events(namespace: str) -> tuple[list[dict[str, Any]], dict[str, str
         }
     }
     upstream = [{"namespace": "http://127.0.0.1:8080", "name": "/data.json"}]
-    output = [{"namespace": "file", "name": "/work/out/data.parquet"}]
+    output = [{"namespace": "file", "name": "/srv/pipeline/out/data.parquet"}]
 
     def task(kind: str, name: str, **sides: list[dict[str, str]]) -> dict[str, Any]:
         event = _ol_event(kind, ids[name], namespace, f"{dag_job}.{name}")
@@ -249,7 +249,7 @@ def test_the_real_marquez_links_each_task_run_to_its_dag_run(
     assert ("dataset:http://127.0.0.1:8080:/data.json", f"job:{namespace}:kfm_ingest.extract") in (
         graph
     )
-    assert (f"job:{namespace}:kfm_ingest.publish", "dataset:file:/work/out/data.parquet") in graph
+    assert (f"job:{namespace}:kfm_ingest.publish", "dataset:file:/srv/pipeline/out/data.parquet") in graph
 
     # The DAG run says COMPLETE although the pipeline failed: the root run is refused.
     events, _ = _airflow_events(_ns())
