@@ -618,12 +618,7 @@ class LocalServices:
             session.pg = pg
             pg_child = self._spawn(session, "postgresql", pg.argv(), user=pg.run_as, cwd=pg.base)
             self._write_pidfile(session)
-            self._wait(
-                pg_child,
-                time.monotonic() + min(self.start_timeout, 60.0),
-                pg.ready,
-                "pg_isready",
-            )
+            self._wait(pg_child, time.monotonic() + self.start_timeout, pg.ready, "pg_isready")
             pg.create_marquez_db(password)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             raise ServiceError(

@@ -169,7 +169,7 @@ def test_the_marquez_checks_pass_a_good_run_on_the_real_marquez(
     url = _marquez_url(local)
     namespace, run_id = _ns(), str(uuid.uuid4())
     upstream = {"namespace": "http://127.0.0.1:8080", "name": "/data.json"}
-    output = {"namespace": "file", "name": "/srv/pipeline/out/data.parquet"}
+    output = {"namespace": "file", "name": "/srv/out/data.parquet"}
     events = [_ol_event(kind, run_id, namespace, "ingest") for kind in ("START", "COMPLETE")]
     for event in events:
         event["inputs"], event["outputs"] = [upstream], [output]
@@ -207,7 +207,7 @@ def _airflow_events(namespace: str) -> tuple[list[dict[str, Any]], dict[str, str
         }
     }
     upstream = [{"namespace": "http://127.0.0.1:8080", "name": "/data.json"}]
-    output = [{"namespace": "file", "name": "/srv/pipeline/out/data.parquet"}]
+    output = [{"namespace": "file", "name": "/srv/out/data.parquet"}]
 
     def task(kind: str, name: str, **sides: list[dict[str, str]]) -> dict[str, Any]:
         event = _ol_event(kind, ids[name], namespace, f"{dag_job}.{name}")
@@ -249,7 +249,10 @@ def test_the_real_marquez_links_each_task_run_to_its_dag_run(
     assert ("dataset:http://127.0.0.1:8080:/data.json", f"job:{namespace}:kfm_ingest.extract") in (
         graph
     )
-    assert (f"job:{namespace}:kfm_ingest.publish", "dataset:file:/srv/pipeline/out/data.parquet") in graph
+    assert (
+        f"job:{namespace}:kfm_ingest.publish",
+        "dataset:file:/srv/out/data.parquet",
+    ) in graph
 
     # The DAG run says COMPLETE although the pipeline failed: the root run is refused.
     events, _ = _airflow_events(_ns())
@@ -596,3 +599,38 @@ def test_read_otlp_json_lines_tolerates_a_partial_last_line(tmp_path: Path) -> N
     path.write_text('{"broken\n' + json.dumps(first) + "\n")
     with pytest.raises(ValueError):
         read_otlp_json_lines(path)
+
+
+def test_a_postgresql_that_fails_is_a_marquez_error_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marquez's database failing to start is a ServiceError of Marquez with the server's log
+    tail, and leaves nothing behind. (Stand-in PostgreSQL binaries; no Marquez is started.)"""
+    from kfm_conformance.services import local as local_module
+    from kfm_conformance.services.base import MARQUEZ_VERSION
+
+    bin_dir = tmp_path / "postgresql" / "15" / "bin"
+    bin_dir.mkdir(parents=True)
+    scripts = {
+        "initdb": 'mkdir -p "$2"',
+        "postgres": "echo 'FATAL:  could not create lock file' >&2; exit 1",
+        "pg_isready": "exit 2",
+        "psql": "exit 2",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    cache = tmp_path / "cache"
+    jar = cache / "marquez" / MARQUEZ_VERSION / f"marquez-{MARQUEZ_VERSION}.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"")
+    monkeypatch.setattr(local_module, "_postgres_bin_dir", lambda: bin_dir)
+    monkeypatch.setattr(local_module.os, "geteuid", lambda: 1000)  # run the stand-ins as us
+    provider = LocalServices(cache_dir=cache, start_timeout=30)
+    with pytest.raises(ServiceError) as info:
+        provider.start({"marquez"})
+    assert info.value.service == "marquez"
+    assert "PostgreSQL for Marquez" in info.value.message
+    assert "could not create lock file" in info.value.log_tail
+    assert provider.pids() == {} and provider.workdir is None
+    assert not list((cache / "run").glob("local-*.json"))

@@ -185,7 +185,7 @@ def _event(
         "run": run,
         "job": {"namespace": "kfm-test", "name": job},
         "inputs": [{"namespace": "http://127.0.0.1:8080", "name": "/data.json"}],
-        "outputs": [{"namespace": "file", "name": "/srv/pipeline/out/data.parquet"}] if outputs else [],
+        "outputs": [{"namespace": "file", "name": "/srv/out/data.parquet"}] if outputs else [],
         "producer": "urn:kfm:test",
         "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent",
     }
@@ -266,7 +266,7 @@ def test_a_missing_output_edge_in_the_graph_is_a_finding(fake: FakeMarquez) -> N
     graph = next(f for f in findings if f.check == "marquez.lineage-graph")
     assert not graph.ok
     assert graph.observed == {
-        "missing": [("job:kfm-test:ingest", "dataset:file:/srv/pipeline/out/data.parquet")]
+        "missing": [("job:kfm-test:ingest", "dataset:file:/srv/out/data.parquet")]
     }
 
 
@@ -330,7 +330,10 @@ def test_a_run_hierarchy_is_judged_per_run_and_each_child_is_linked_to_its_paren
     assert [r["job"] for r in evidence["runs"]] == ["kfm_dag", "kfm_dag.extract", "kfm_dag.load"]
     assert {p["job"] for p in evidence["parents"]} == {"kfm_dag.extract", "kfm_dag.load"}
     graph = next(f for f in findings if f.check == "marquez.lineage-graph")
-    assert ("job:kfm-test:kfm_dag.load", "dataset:file:/srv/pipeline/out/data.parquet") in graph.expected
+    assert (
+        "job:kfm-test:kfm_dag.load",
+        "dataset:file:/srv/out/data.parquet",
+    ) in graph.expected
 
 
 def test_a_child_run_marquez_does_not_link_to_its_parent_is_a_finding(fake: FakeMarquez) -> None:
@@ -377,7 +380,7 @@ def test_events_are_grouped_per_run_with_their_parent() -> None:
     dag = runs[0].run_id
     assert [r.parent for r in runs] == [None, (dag, "kfm_dag"), (dag, "kfm_dag")]
     assert [r.terminal_state for r in runs] == ["COMPLETED", "COMPLETED", "COMPLETED"]
-    assert runs[2].datasets("outputs") == ["dataset:file:/srv/pipeline/out/data.parquet"]
+    assert runs[2].datasets("outputs") == ["dataset:file:/srv/out/data.parquet"]
     assert runs[1].datasets("outputs") == []
 
 
