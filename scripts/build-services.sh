@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Build (or fetch) the real services that the `local` provider runs, into a cache
-# outside the repo, from package registries only.
+# Build the real services that the `local` provider runs, into a cache outside the repo,
+# from package registries only.
 #
-#   scripts/build-services.sh [marquez] [lakefs] [collector]    (default: all three)
+#   scripts/build-services.sh [--marquez-source DIR] [marquez] [lakefs] [collector]
+#                                                          (default: all three)
+#
+# Marquez is built from its source with Maven and the project's own services/marquez/pom.xml.
+# The source directory comes from --marquez-source DIR, else $KFM_MARQUEZ_SOURCE, else
+# ../shared/third_party/marquez-<version> beside the repository when that exists. Maven reads
+# it in place: nothing of it is copied into the repository.
 #
 # Cache: ${KFM_CACHE_DIR:-$HOME/.cache/kfm-conformance}
-#   marquez/<version>/lib/*.jar          Marquez API + runtime deps (Maven Central)
-#   lakefs/v<version>/bin/lakefs         lakeFS server (Go module proxy, wrapper module)
-#   collector/v<version>/otelcol-kfm/    OpenTelemetry Collector built with ocb
-#   go/mod, go/build, m2                 GOMODCACHE, GOCACHE, Maven local repository
+#   marquez/<version>/marquez-<version>.jar   Marquez server, one shaded jar (Maven Central)
+#   lakefs/v<version>/bin/lakefs              lakeFS server (Go module proxy, wrapper module)
+#   collector/v<version>/otelcol-kfm/         OpenTelemetry Collector built with ocb
+#   go/mod, go/build, m2                      GOMODCACHE, GOCACHE, Maven local repository
 # Each build is keyed on its pinned version plus a hash of its input files under
-# services/; a build whose key matches is skipped. Needed Debian packages (PostgreSQL
-# for Marquez) are installed with apt-get when missing.
+# services/; a build whose key matches is skipped. Needed Debian packages (PostgreSQL,
+# a JDK and Maven for Marquez) are installed with apt-get when missing.
 #
 # Prints what it did and how long each step took; exits non-zero if any step failed
-# (the others still run).
+# (the others still run). Marquez without its source: one line, exit 2, nothing built.
 set -euo pipefail
 
-MARQUEZ_VERSION=0.50.0
+MARQUEZ_VERSION=0.51.1
 LAKEFS_VERSION=1.84.0
 COLLECTOR_VERSION=0.161.0
 
@@ -70,36 +76,45 @@ need_go() {
 }
 
 # --------------------------------------------------------------------------- marquez
-build_marquez() {
-  local dir="$CACHE/marquez/$MARQUEZ_VERSION" key
-  key="$MARQUEZ_VERSION-$(input_hash "$SERVICES/marquez/pom.xml")"
+marquez_dir() { printf '%s\n' "$CACHE/marquez/$MARQUEZ_VERSION"; }
+marquez_key() { printf '%s\n' "$MARQUEZ_VERSION-$(input_hash "$SERVICES/marquez/pom.xml")"; }
+marquez_cached() {
+  local dir; dir="$(marquez_dir)"
+  [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$(marquez_key)" ] \
+    && [ -f "$dir/marquez-$MARQUEZ_VERSION.jar" ]
+}
 
-  # PostgreSQL server (Debian), Java 17 and Maven.
-  if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v pg_createcluster >/dev/null 2>&1; then
-    apt_install postgresql
-  fi
-  if ! command -v java >/dev/null 2>&1; then apt_install openjdk-17-jre-headless; fi
+build_marquez() {
+  local dir key src="${KFM_MARQUEZ_SOURCE:-}"
+  dir="$(marquez_dir)"; key="$(marquez_key)"
+
+  # PostgreSQL server (Debian), a JDK 17 (javac) and Maven.
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then apt_install postgresql; fi
+  if ! command -v javac >/dev/null 2>&1; then apt_install openjdk-17-jdk-headless; fi
   if ! command -v mvn >/dev/null 2>&1; then apt_install maven; fi
 
-  if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$key" ] \
-     && [ -f "$dir/lib/marquez-api-$MARQUEZ_VERSION.jar" ]; then
-    STATUS=cached; return 0
-  fi
-  rm -rf "$dir" && mkdir -p "$dir/build" "$CACHE/m2"
-  cp "$SERVICES/marquez/pom.xml" "$dir/build/pom.xml"
-  if ! mvn -B -q -U -Dstyle.color=never -f "$dir/build/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
-        dependency:copy-dependencies -DincludeScope=runtime \
-        -DoutputDirectory="$dir/lib.tmp" >"$dir/build/mvn.log" 2>&1; then
-    tail -n 25 "$dir/build/mvn.log" >&2
-    if grep -q "marquez-api" "$dir/build/mvn.log"; then
-      log "Maven could not resolve io.github.marquezproject:marquez-api:$MARQUEZ_VERSION" \
-          "from the Maven Central this machine reaches (see services/README.md)."
-    fi
+  if marquez_cached; then STATUS=cached; return 0; fi
+  # main() checked that the source is there; the version it declares must be the pinned one.
+  if ! grep -qx "version=$MARQUEZ_VERSION" "$src/gradle.properties"; then
+    log "$src is not the Marquez $MARQUEZ_VERSION source (its gradle.properties says" \
+        "$(grep '^version=' "$src/gradle.properties" || echo 'no version')"")"
     return 1
   fi
-  mv "$dir/lib.tmp" "$dir/lib"
-  if [ ! -f "$dir/lib/marquez-api-$MARQUEZ_VERSION.jar" ]; then
-    log "marquez-api-$MARQUEZ_VERSION.jar missing from lib/"; return 1
+  # The POM is copied to a build dir in the cache (target/ lands there); the source is read
+  # in place through -Dmarquez.source.
+  rm -rf "$dir" && mkdir -p "$dir/build" "$CACHE/m2"
+  cp "$SERVICES/marquez/pom.xml" "$dir/build/pom.xml"
+  if ! mvn -B -Dstyle.color=never -f "$dir/build/pom.xml" -Dmaven.repo.local="$CACHE/m2" \
+        -Dmarquez.source="$src" package >"$dir/build/mvn.log" 2>&1; then
+    grep -E '^\[(ERROR|FATAL)\]' "$dir/build/mvn.log" | head -n 40 >&2 || true
+    log "Maven failed to build Marquez $MARQUEZ_VERSION (full log: $dir/build/mvn.log)"
+    return 1
+  fi
+  mv "$dir/build/target/marquez-$MARQUEZ_VERSION.jar" "$dir/marquez-$MARQUEZ_VERSION.jar"
+  rm -rf "$dir/build/target"
+  # A smoke test of the jar itself (no database needed).
+  if ! java -jar "$dir/marquez-$MARQUEZ_VERSION.jar" --help >/dev/null 2>&1; then
+    log "the built Marquez jar does not start (java -jar ... --help failed)"; return 1
   fi
   printf '%s\n' "$key" >"$dir/.stamp"
   STATUS=built
@@ -161,15 +176,36 @@ run_one() {  # run_one TARGET STATUS_FILE
 }
 
 main() {
-  local targets=("$@") t
-  if [ "${#targets[@]}" -eq 0 ]; then targets=(marquez lakefs collector); fi
-  for t in "${targets[@]}"; do
-    case "$t" in
-      marquez|lakefs|collector) ;;
-      -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
-      *) log "unknown target '$t' (expected marquez, lakefs, collector)"; return 2 ;;
+  local targets=() t
+  while [ "$#" -gt 0 ]; do
+    case "$1" in
+      --marquez-source) [ "$#" -ge 2 ] || { log "--marquez-source needs a directory"; return 2; }
+                        export KFM_MARQUEZ_SOURCE="$2"; shift 2; continue ;;
+      --marquez-source=*) export KFM_MARQUEZ_SOURCE="${1#*=}" ;;
+      marquez|lakefs|collector) targets+=("$1") ;;
+      -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+      *) log "unknown argument '$1' (expected marquez, lakefs, collector, --marquez-source DIR)"
+         return 2 ;;
     esac
+    shift
   done
+  if [ "${#targets[@]}" -eq 0 ]; then targets=(marquez lakefs collector); fi
+
+  # Marquez's source: the option, the environment, or the shared copy beside the repository.
+  local shared_source="$REPO/../shared/third_party/marquez-$MARQUEZ_VERSION"
+  if [ -z "${KFM_MARQUEZ_SOURCE:-}" ] && [ -d "$shared_source" ]; then
+    KFM_MARQUEZ_SOURCE="$(cd "$shared_source" && pwd)"
+  fi
+  export KFM_MARQUEZ_SOURCE="${KFM_MARQUEZ_SOURCE:-}"
+  for t in "${targets[@]}"; do
+    if [ "$t" = marquez ] && ! marquez_cached \
+       && [ ! -f "$KFM_MARQUEZ_SOURCE/api/src/main/java/marquez/MarquezApp.java" ]; then
+      log "no Marquez $MARQUEZ_VERSION source${KFM_MARQUEZ_SOURCE:+ at $KFM_MARQUEZ_SOURCE}:" \
+          "pass --marquez-source DIR or set KFM_MARQUEZ_SOURCE (see services/README.md)"
+      return 2
+    fi
+  done
+
   mkdir -p "$CACHE"
   log "cache: $CACHE"
 

@@ -5,6 +5,8 @@
 #   scripts/setup.sh              Debian packages + pip install -e ".[dev]"
 #   scripts/setup.sh --services   ... and build Marquez, lakeFS and the Collector
 #                                 into ${KFM_CACHE_DIR:-$HOME/.cache/kfm-conformance}
+#                                 (Marquez from the source in $KFM_MARQUEZ_SOURCE or
+#                                 ../shared/third_party/marquez-<version>)
 #
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
@@ -29,7 +31,8 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "$WITH_SERVICES" -eq 1 ]; then
-  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -47,10 +50,9 @@ python3 -m pip install -q --disable-pip-version-check -e "$REPO[dev]" 2>&1 \
 python3 -c "import kfm_conformance" # fail loudly if the install did not take
 
 if [ "$WITH_SERVICES" -eq 1 ]; then
-  "$HERE/build-services.sh" lakefs collector
-  # marquez-api is not served by every Maven mirror (see services/README.md): a failed
-  # Marquez build is reported, and the tests that need Marquez say so, but it does not stop
-  # the set-up of everything else.
-  "$HERE/build-services.sh" marquez || log "Marquez was not built; see services/README.md"
+  # Marquez builds from its source: $KFM_MARQUEZ_SOURCE, else (build-services.sh looks)
+  # ../shared/third_party/marquez-<version> beside the repository. Any failed build, a
+  # missing Marquez source included, fails the set-up.
+  "$HERE/build-services.sh" lakefs collector marquez
 fi
 log "ready: kfm-conformance $(python3 -c 'import kfm_conformance as k; print(k.__version__)')"

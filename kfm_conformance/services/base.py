@@ -50,7 +50,7 @@ __all__ = [
 SERVICE_NAMES: frozenset[str] = frozenset({"marquez", "lakefs", "collector"})
 
 #: Pinned versions. Keep in step with scripts/build-services.sh and services/VERSIONS.
-MARQUEZ_VERSION = "0.50.0"
+MARQUEZ_VERSION = "0.51.1"
 LAKEFS_VERSION = "1.84.0"
 COLLECTOR_VERSION = "0.161.0"
 
@@ -260,7 +260,11 @@ def marquez_config(
     db_password: str,
     bind_host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """A Marquez (Dropwizard) server config, as a dict to dump to JSON (a YAML subset)."""
+    """A Marquez (Dropwizard) server config, as a dict to dump to JSON (a YAML subset).
+
+    GraphQL and search are off: the harness reads the REST API only, and search would need
+    an OpenSearch. Mirrors services/marquez/marquez.yml.tmpl.
+    """
     return {
         "server": {
             "applicationConnectors": [
@@ -280,6 +284,7 @@ def marquez_config(
             "password": db_password,
         },
         "migrateOnStartup": True,
+        "graphql": {"enabled": False},
         "search": {"enabled": False},
         "logging": {"level": "INFO", "appenders": [{"type": "console"}]},
     }

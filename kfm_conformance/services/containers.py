@@ -169,7 +169,7 @@ def marquez_specs(workdir: Path, *, db_password: str) -> tuple[ContainerSpec, Co
             "SEARCH_ENABLED": "false",
         },
         ports=(MARQUEZ_PORT, MARQUEZ_ADMIN_PORT),
-        wait=WaitSpec(kind="http", port=MARQUEZ_ADMIN_PORT, path="/ping", timeout_s=240),
+        wait=WaitSpec(kind="http", port=MARQUEZ_ADMIN_PORT, path="/healthcheck", timeout_s=240),
         mounts=(Mount(str(workdir / MARQUEZ_CONFIG_FILE), MARQUEZ_CONFIG_PATH, "ro"),),
         needs_network=True,
     )

@@ -15,10 +15,16 @@ Housekeeping:
 * Their pids are recorded in ``<cache>/run/local-<pid>.json``; a later start reaps what a
   crashed session left behind (checking each pid's start time, so a recycled pid is
   never killed).
-* Marquez's PostgreSQL is a dedicated Debian cluster (``<version>/kfm``), created once
-  with ``pg_createcluster`` and started/stopped with ``pg_ctlcluster``. A marker file
-  (``<cache>/run/pg-started-<version>-kfm``) says that this provider started it; the last
-  live session using it stops it on ``stop()``. A cluster started by hand is left alone.
+* Marquez gets a PostgreSQL cluster of its own per start: ``initdb`` under the temp dir
+  (as the ``postgres`` user when running as root, since PostgreSQL refuses root), the
+  server run as a child like the others (``postgres -D ...``: in the foreground, so it is
+  reaped like them), on a free loopback port with its socket in the temp dir, and a
+  ``marquez`` role that owns its database (PostgreSQL 15 lets only the owner create tables
+  in ``public``). Nothing of it outlives the start: the temp dir holds the data.
+* Marquez is one shaded jar built from source (``marquez/<version>/marquez-<version>.jar``),
+  run with GraphQL and search off; it is ready when its admin ``/healthcheck`` answers 200
+  (which includes its database check) and its API answers. Its first and only boot runs
+  Marquez's Flyway migrations against the empty database.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import ctypes.util
 import json
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -64,7 +71,7 @@ __all__ = ["BuildPaths", "LocalServices", "missing_builds"]
 
 log = logging.getLogger(__name__)
 
-PG_CLUSTER_NAME = "kfm"
+PG_SUPERUSER = "postgres"
 MARQUEZ_DB = "marquez"
 MARQUEZ_ROLE = "marquez"
 BUILD_HINT = "run `scripts/build-services.sh {service}` first"
@@ -82,12 +89,8 @@ class BuildPaths:
     cache_dir: Path
 
     @property
-    def marquez_lib(self) -> Path:
-        return self.cache_dir / "marquez" / MARQUEZ_VERSION / "lib"
-
-    @property
     def marquez_jar(self) -> Path:
-        return self.marquez_lib / f"marquez-api-{MARQUEZ_VERSION}.jar"
+        return self.cache_dir / "marquez" / MARQUEZ_VERSION / f"marquez-{MARQUEZ_VERSION}.jar"
 
     @property
     def lakefs_bin(self) -> Path:
@@ -120,8 +123,13 @@ class BuildPaths:
                 )
             if shutil.which("java") is None:
                 return "Marquez needs `java` (17+) on PATH"
-            if _postgres_bin_dir() is None or shutil.which("pg_ctlcluster") is None:
-                return f"Marquez needs the Debian `postgresql` package: {hint}"
+            if _postgres_bin_dir() is None:
+                return f"Marquez needs the Debian `postgresql` package (initdb, postgres): {hint}"
+            if os.geteuid() == 0 and _postgres_account() is None:
+                return (
+                    "Marquez's PostgreSQL cannot run as root and there is no `postgres` "
+                    f"account to run it as: {hint}"
+                )
             return None
         if service == "lakefs":
             if not os.access(self.lakefs_bin, os.X_OK):
@@ -156,7 +164,11 @@ def _load_libc() -> Any:
 
 
 def _make_preexec(pdeathsig: bool) -> Callable[[], None]:
-    """A preexec_fn for the child: die with the parent (Linux), see module docstring."""
+    """A preexec_fn for the child: die with the parent (Linux), see module docstring.
+
+    subprocess runs it after switching to ``user``/``group``; that order matters, since
+    Linux clears the parent-death signal when a process changes its credentials.
+    """
     libc = _load_libc() if pdeathsig and sys.platform.startswith("linux") else None
     parent = os.getpid()
 
@@ -226,19 +238,33 @@ class _Child:
 
 
 def _postgres_bin_dir() -> Path | None:
-    """The newest ``/usr/lib/postgresql/<v>/bin`` that has a server binary."""
+    """The newest ``/usr/lib/postgresql/<v>/bin`` that has ``initdb`` and ``postgres``."""
     root = Path("/usr/lib/postgresql")
     best: tuple[int, Path] | None = None
     if root.is_dir():
         for child in root.iterdir():
-            if (child / "bin" / "postgres").exists() and child.name.isdigit():
-                candidate = (int(child.name), child / "bin")
+            bin_dir = child / "bin"
+            if (
+                child.name.isdigit()
+                and (bin_dir / "postgres").exists()
+                and (bin_dir / "initdb").exists()
+            ):
+                candidate = (int(child.name), bin_dir)
                 if best is None or candidate[0] > best[0]:
                     best = candidate
     return best[1] if best else None
 
 
-def _run(cmd: list[str], *, timeout: float = 60.0, check: bool = True) -> str:
+def _postgres_account() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+
+
+def _run(
+    cmd: list[str], *, timeout: float = 60.0, check: bool = True, user: int | None = None
+) -> str:
     result = subprocess.run(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -246,6 +272,9 @@ def _run(cmd: list[str], *, timeout: float = 60.0, check: bool = True) -> str:
         text=True,
         timeout=timeout,
         check=False,
+        user=user,
+        group=_gid_of(user),
+        extra_groups=[] if user is not None else None,
     )
     if check and result.returncode != 0:
         output = (result.stderr or result.stdout).strip()
@@ -253,104 +282,130 @@ def _run(cmd: list[str], *, timeout: float = 60.0, check: bool = True) -> str:
     return result.stdout
 
 
-class _PgCluster:
-    """The dedicated Debian PostgreSQL cluster ``<version>/kfm`` that Marquez uses."""
+def _gid_of(uid: int | None) -> int | None:
+    return None if uid is None else pwd.getpwuid(uid).pw_gid
 
-    def __init__(self, name: str = PG_CLUSTER_NAME) -> None:
+
+@dataclass
+class _Postgres:
+    """Marquez's own PostgreSQL cluster under the start's temp dir (see the module docstring)."""
+
+    bin_dir: Path
+    base: Path
+    port: int
+    run_as: int | None
+    """uid the server runs as (``postgres`` when this process is root), None: as ourselves."""
+
+    @property
+    def version(self) -> str:
+        return self.bin_dir.parent.name
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base / "socket"
+
+    @classmethod
+    def create(cls, workdir: Path) -> _Postgres:
         bin_dir = _postgres_bin_dir()
         if bin_dir is None:
-            raise ServiceError(
-                "no PostgreSQL server found under /usr/lib/postgresql: "
-                + BUILD_HINT.format(service="marquez"),
-                service="marquez",
-            )
-        self.version = bin_dir.parent.name
-        self.name = name
-
-    # pg_lsclusters -h: "15 kfm 5433 online postgres /var/lib/... /var/log/...log"
-    def _row(self) -> list[str] | None:
-        for line in _run(["pg_lsclusters", "-h"]).splitlines():
-            parts = line.split()
-            if len(parts) >= 4 and parts[0] == self.version and parts[1] == self.name:
-                return parts
-        return None
-
-    def exists(self) -> bool:
-        return self._row() is not None
-
-    def online(self) -> bool:
-        row = self._row()
-        return row is not None and row[3].startswith("online")
-
-    def port(self) -> int:
-        row = self._row()
-        if row is None:
-            raise ServiceError(f"PostgreSQL cluster {self.label} does not exist", service="marquez")
-        return int(row[2])
-
-    @property
-    def label(self) -> str:
-        return f"{self.version}/{self.name}"
-
-    @property
-    def log_path(self) -> Path:
-        return Path(f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log")
-
-    def _set(self, key: str, value: str) -> None:
-        _run(["pg_conftool", self.version, self.name, "set", key, value])
-
-    def create(self, port: int) -> None:
-        if os.geteuid() != 0:
-            raise ServiceError(
-                "creating the PostgreSQL cluster needs root (pg_createcluster); "
-                "run the tests as root or create it once by hand: "
-                f"pg_createcluster {self.version} {self.name} --start-conf=manual",
-                service="marquez",
-            )
+            raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql")
+        run_as: int | None = None
+        if os.geteuid() == 0:
+            account = _postgres_account()
+            if account is None:
+                raise RuntimeError("PostgreSQL refuses root and there is no `postgres` account")
+            run_as = account.pw_uid
+        pg = cls(bin_dir=bin_dir, base=workdir / "postgresql", port=free_ports(1)[0], run_as=run_as)
+        pg.socket_dir.mkdir(parents=True, mode=0o700)
+        if run_as is not None:
+            # The server's user must reach its directories inside our private temp dir:
+            # its group may traverse the temp dir (not list or read it), no one else.
+            gid = _gid_of(run_as) or 0
+            os.chown(workdir, -1, gid)
+            os.chmod(workdir, 0o710)
+            for path in (pg.base, pg.socket_dir):
+                os.chown(path, run_as, gid)
         _run(
-            ["pg_createcluster", self.version, self.name, "-p", str(port), "--start-conf=manual"],
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(pg.data_dir),
+                "-U",
+                PG_SUPERUSER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                # Only the socket (in a directory no one else may enter) is trusted; TCP on
+                # loopback needs the role's password.
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+                "--no-instructions",
+            ],
             timeout=120,
+            user=run_as,
         )
-        # A throwaway test database: loopback only, and no fsync (much faster migrations).
-        # Written to conf.d (read after postgresql.conf), quoted by hand: pg_conftool
-        # leaves 127.0.0.1 unquoted, which PostgreSQL cannot parse.
-        conf_d = Path("/etc/postgresql") / self.version / self.name / "conf.d"
-        conf_d.mkdir(parents=True, exist_ok=True)
-        (conf_d / "kfm-conformance.conf").write_text(
-            "# Written by kfm-conformance (LocalServices): a disposable test cluster.\n"
-            "listen_addresses = '127.0.0.1'\n"
-            "fsync = off\n"
-            "synchronous_commit = off\n"
-            "full_page_writes = off\n"
-        )
+        return pg
 
-    def start(self, port: int) -> None:
-        self._set("port", str(port))
-        _run(["pg_ctlcluster", self.version, self.name, "start"], timeout=120)
+    def argv(self) -> list[str]:
+        """The server in the foreground: loopback only, no fsync (a throwaway database)."""
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
 
-    def stop(self) -> None:
-        _run(
-            ["pg_ctlcluster", self.version, self.name, "stop", "-m", "fast"],
-            timeout=120,
+    def ready(self) -> bool:
+        done = subprocess.run(
+            [
+                str(self.bin_dir / "pg_isready"),
+                "-q",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                PG_SUPERUSER,
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
             check=False,
         )
+        return done.returncode == 0
 
-    def psql(self, sql: str, *, port: int, db: str = "postgres") -> str:
-        cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(port), "-d", db, "-tAc", sql]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return _run(cmd).strip()
+    def psql(self, *statements: str) -> None:
+        cmd = [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        cmd += ["-h", str(self.socket_dir), "-p", str(self.port), "-U", PG_SUPERUSER]
+        cmd += ["-d", "postgres"]
+        for statement in statements:
+            cmd += ["-c", statement]
+        _run(cmd, timeout=60)
 
-    def ensure_marquez_db(self, port: int, password: str) -> None:
-        """Create the Marquez role (owning its database) if missing; set its password."""
+    def create_marquez_db(self, password: str) -> None:
+        """The Marquez role with ``password``, owning its database."""
         quoted = password.replace("'", "''")
-        if not self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{MARQUEZ_ROLE}'", port=port):
-            self.psql(f"CREATE ROLE {MARQUEZ_ROLE} LOGIN PASSWORD '{quoted}'", port=port)
-        else:
-            self.psql(f"ALTER ROLE {MARQUEZ_ROLE} LOGIN PASSWORD '{quoted}'", port=port)
-        if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{MARQUEZ_DB}'", port=port):
+        self.psql(
+            f"CREATE ROLE {MARQUEZ_ROLE} LOGIN PASSWORD '{quoted}'",
             # On PostgreSQL 15+ only the owner may create tables in `public`.
-            self.psql(f"CREATE DATABASE {MARQUEZ_DB} OWNER {MARQUEZ_ROLE}", port=port)
+            f"CREATE DATABASE {MARQUEZ_DB} OWNER {MARQUEZ_ROLE}",
+        )
 
 
 # --------------------------------------------------------------------------- provider
@@ -361,7 +416,7 @@ class _Session:
     workdir: Path
     children: dict[str, _Child] = field(default_factory=dict)
     endpoints: Endpoints = field(default_factory=Endpoints)
-    pg: _PgCluster | None = None
+    pg: _Postgres | None = None
 
 
 class LocalServices:
@@ -405,8 +460,6 @@ class LocalServices:
                 raise ServiceError(reason, service=service)
             t0 = time.monotonic()
             reap_stale_sessions(self.paths.run_dir)
-            if "marquez" not in wanted:
-                _stop_pg_if_unused(self.paths.run_dir, None)
             workdir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
             session = _Session(workdir=workdir)
             self._session = session
@@ -428,7 +481,11 @@ class LocalServices:
         session = self._session
         if session is None:
             return {}
-        return {service: self._healthy(session, service) for service in session.children}
+        return {
+            service: self._healthy(session, service)
+            for service in session.children
+            if service in SERVICE_NAMES
+        }
 
     def log_tail(self, service: str, lines: int = 50) -> str:
         session = self._session
@@ -458,7 +515,8 @@ class LocalServices:
     # ------------------------------------------------------------------ extras
 
     def pids(self) -> dict[str, int]:
-        """Pids of the running children (for tests and diagnostics)."""
+        """Pids of the running children, Marquez's ``postgresql`` included (for tests and
+        diagnostics)."""
         session = self._session
         return {} if session is None else {s: c.pid for s, c in session.children.items()}
 
@@ -497,6 +555,7 @@ class LocalServices:
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        user: int | None = None,
     ) -> _Child:
         log_path = session.workdir / f"{service}.log"
         full_env = dict(os.environ)
@@ -514,6 +573,9 @@ class LocalServices:
                 start_new_session=True,
                 preexec_fn=_make_preexec(pdeathsig),
                 close_fds=True,
+                user=user,
+                group=_gid_of(user),
+                extra_groups=[] if user is not None else None,
             )
         child = _Child(service, popen, log_path, _proc_start_ticks(popen.pid))
         session.children[service] = child
@@ -549,25 +611,33 @@ class LocalServices:
 
     def _launch_marquez(self, session: _Session) -> Callable[[float], None]:
         t0 = time.monotonic()
+        password = secrets.token_urlsafe(18)
+        pg_child: _Child | None = None
         try:
-            pg_port = self._ensure_postgres(session)
-            password = secrets.token_urlsafe(18)
-            assert session.pg is not None
-            session.pg.ensure_marquez_db(pg_port, password)
+            pg = _Postgres.create(session.workdir)
+            session.pg = pg
+            pg_child = self._spawn(session, "postgresql", pg.argv(), user=pg.run_as, cwd=pg.base)
+            self._write_pidfile(session)
+            self._wait(pg_child, time.monotonic() + self.start_timeout, pg.ready, "pg_isready")
+            pg.create_marquez_db(password)
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            pg_log = session.pg.log_path if session.pg else None
             raise ServiceError(
                 f"PostgreSQL for Marquez failed: {exc}",
                 service="marquez",
-                log_tail=tail_text_file(pg_log, 30),
+                log_tail=tail_text_file(pg_child.log_path if pg_child else None, 30),
+            ) from exc
+        except ServiceError as exc:  # the server exited or never got ready
+            raise ServiceError(
+                f"PostgreSQL for Marquez: {exc.message}", service="marquez", log_tail=exc.log_tail
             ) from exc
         self.timings["postgresql"] = time.monotonic() - t0
+        self._health_checks["postgresql"] = pg.ready
 
         port, admin_port = free_ports(2)
         cfg = marquez_config(
             port=port,
             admin_port=admin_port,
-            db_url=f"jdbc:postgresql://{LOOPBACK}:{pg_port}/{MARQUEZ_DB}",
+            db_url=f"jdbc:postgresql://{LOOPBACK}:{pg.port}/{MARQUEZ_DB}",
             db_user=MARQUEZ_ROLE,
             db_password=password,
         )
@@ -579,9 +649,9 @@ class LocalServices:
             "-XX:+UseSerialGC",
             "-XX:TieredStopAtLevel=1",
             "-Xss1m",
-            "-cp",
-            f"{self.paths.marquez_lib}/*",
-            "marquez.MarquezApp",
+            "-Xmx1g",
+            "-jar",
+            str(self.paths.marquez_jar),
             "server",
             str(cfg_path),
         ]
@@ -590,26 +660,14 @@ class LocalServices:
         session.endpoints = _replace(session.endpoints, marquez_url=url)
         admin = f"http://{LOOPBACK}:{admin_port}"
 
+        def healthy() -> bool:
+            return http_status(f"{admin}/healthcheck") == 200
+
         def ready() -> bool:
-            return http_status(f"{admin}/ping") == 200 and (
-                http_status(f"{url}/api/v1/namespaces") == 200
-            )
+            return healthy() and http_status(f"{url}/api/v1/namespaces") == 200
 
-        self._health_checks["marquez"] = lambda: http_status(f"{admin}/healthcheck") == 200
-        return lambda deadline: self._wait(child, deadline, ready, f"{admin}/ping")
-
-    def _ensure_postgres(self, session: _Session) -> int:
-        pg = _PgCluster()
-        session.pg = pg
-        self._write_pidfile(session)  # mark the cluster as in use before touching it
-        if not pg.exists():
-            pg.create(free_ports(1)[0])
-        if pg.online():
-            return pg.port()  # started by another session of ours, or by hand
-        port = free_ports(1)[0]
-        _pg_marker(self.paths.run_dir, pg.label).touch()
-        pg.start(port)
-        return port
+        self._health_checks["marquez"] = healthy
+        return lambda deadline: self._wait(child, deadline, ready, f"{admin}/healthcheck")
 
     # lakefs -----------------------------------------------------------------
 
@@ -700,6 +758,8 @@ class LocalServices:
         child = session.children.get(service)
         if child is None or not child.alive():
             return False
+        if service == "marquez" and not self._healthy(session, "postgresql"):
+            return False
         check = self._health_checks.get(service)
         try:
             return bool(check()) if check else True
@@ -708,13 +768,14 @@ class LocalServices:
 
     def _stop_session(self, session: _Session) -> None:
         t0 = time.monotonic()
-        _terminate(list(session.children.values()))
+        # Marquez before its database; PostgreSQL with SIGINT (its "fast" shutdown).
+        database = [c for c in session.children.values() if c.service == "postgresql"]
+        _terminate([c for c in session.children.values() if c.service != "postgresql"])
+        _terminate(database, first=signal.SIGINT)
         session.children.clear()
         self._health_checks.clear()
         with contextlib.suppress(OSError):
             self._pidfile.unlink()
-        if session.pg is not None:
-            _stop_pg_if_unused(self.paths.run_dir, session.pg)
         if not self.keep_workdir:
             shutil.rmtree(session.workdir, ignore_errors=True)
         self.timings["stop"] = time.monotonic() - t0
@@ -729,7 +790,6 @@ class LocalServices:
                 {"service": c.service, "pid": c.pid, "start": c.start_ticks}
                 for c in session.children.values()
             ],
-            "postgres": session.pg.label if session.pg else None,
         }
         tmp = self._pidfile.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -751,11 +811,14 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _terminate(children: list[_Child], grace: float = 10.0) -> None:
-    """SIGTERM each child's process group, then SIGKILL what is left after ``grace``."""
+def _terminate(
+    children: list[_Child], grace: float = 10.0, first: signal.Signals = signal.SIGTERM
+) -> None:
+    """Signal each child's process group (``first``), then SIGKILL what is left after
+    ``grace``."""
     for child in children:
         if child.alive():
-            _kill_group(child.pid, signal.SIGTERM)
+            _kill_group(child.pid, first)
     deadline = time.monotonic() + grace
     for child in children:
         remaining = max(0.0, deadline - time.monotonic())
@@ -787,41 +850,12 @@ def _owner_alive(data: dict[str, Any]) -> bool:
     return isinstance(pid, int) and _same_process_alive(pid, data.get("owner_start"))
 
 
-def _pg_marker(run_dir: Path, label: str) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir / f"pg-started-{label.replace('/', '-')}"
-
-
-def _stop_pg_if_unused(run_dir: Path, pg: _PgCluster | None) -> None:
-    """Stop the cluster if this provider started it and no live session uses it."""
-    if pg is None:
-        if _postgres_bin_dir() is None or shutil.which("pg_lsclusters") is None:
-            return
-        try:
-            pg = _PgCluster()
-        except ServiceError:
-            return
-    marker = _pg_marker(run_dir, pg.label)
-    if not marker.exists():
-        return
-    if any(
-        data.get("postgres") == pg.label and _owner_alive(data)
-        for _, data in _read_pidfiles(run_dir)
-    ):
-        return
-    with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
-        if pg.online():
-            pg.stop()
-    with contextlib.suppress(OSError):
-        marker.unlink()
-
-
 def reap_stale_sessions(run_dir: Path) -> list[int]:
     """Kill children left by sessions whose owner process is gone; return their pids.
 
     A child is killed only if its pid still belongs to the same process (same start
-    time). A PostgreSQL cluster such a session had started is left to the caller (see
-    :func:`_stop_pg_if_unused`), since the next session may want it.
+    time); its whole process group goes (PostgreSQL's backends with their server). The
+    dead session's temp dir (configs, logs, the PostgreSQL data) is removed.
     """
     killed: list[int] = []
     for path, data in _read_pidfiles(run_dir):

@@ -9,7 +9,9 @@ observer). It knows which real services the scenario uses and:
   evidence under ``service_failure``;
 * after each run, checks the used services are still healthy (a service that died is an
   error, never a failure of the pipeline), and, in lineage scenarios with a real Marquez,
-  re-verifies the run through Marquez (:func:`~.marquez.judge_marquez_run`);
+  re-verifies the run through Marquez (:func:`~.marquez.judge_marquez_run`: every event
+  accepted, each OpenLineage run in the right state, child runs linked to their parent run,
+  the lineage graph);
 * keeps the scenario's evidence key ``services`` (``{name: version}``) up to date.
 """
 
@@ -118,13 +120,7 @@ class ServiceObserver:
         sink.wait_forwarded(timeout=15.0)
         seqs = {r.seq for r in run.lineage_records}
         records = [r for r in sink.records(since=min(seqs) - 1) if r.seq in seqs] if seqs else []
-        run_ids = run.run_ids
-        findings, evidence = judge_marquez_run(
-            records,
-            exit_ok=run.success,
-            client=self.marquez,
-            run_id=run_ids[0] if run_ids else None,
-        )
+        findings, evidence = judge_marquez_run(records, exit_ok=run.success, client=self.marquez)
         marquez: list[Any] = context.evidence.setdefault("marquez", [])
         marquez.append({"run": run.label, **evidence})
         context.judge.apply(findings)

@@ -7,8 +7,10 @@ builders that the providers use.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import string
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ def test_images_are_pinned() -> None:
     assert (
         MARQUEZ_IMAGE
         == f"marquezproject/marquez:{MARQUEZ_VERSION}"
-        == "marquezproject/marquez:0.50.0"
+        == "marquezproject/marquez:0.51.1"
     )
     assert POSTGRES_IMAGE == "postgres:14"
     assert LAKEFS_IMAGE.rsplit(":", 1) == ["treeverse/lakefs", LAKEFS_VERSION]
@@ -81,7 +83,7 @@ def test_plan_order_and_subsets(tmp_path: Path) -> None:
 def test_marquez_and_postgres_share_a_network(tmp_path: Path) -> None:
     specs = _by_service(container_plan({"marquez"}, tmp_path, db_password="s3cret"))
     db, marquez = specs["marquez-db"], specs["marquez"]
-    assert db.image == "postgres:14" and marquez.image == "marquezproject/marquez:0.50.0"
+    assert db.image == "postgres:14" and marquez.image == "marquezproject/marquez:0.51.1"
     assert db.needs_network and marquez.needs_network
     assert marquez.env["POSTGRES_HOST"] in db.network_aliases
     assert db.env["POSTGRES_PASSWORD"] == marquez.env["POSTGRES_PASSWORD"] == "s3cret"
@@ -95,7 +97,11 @@ def test_marquez_and_postgres_share_a_network(tmp_path: Path) -> None:
     )
     assert set(marquez.ports) == {5000, 5001}
     assert marquez.wait is not None
-    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == ("http", 5001, "/ping")
+    assert (marquez.wait.kind, marquez.wait.port, marquez.wait.path) == (
+        "http",
+        5001,
+        "/healthcheck",
+    )
 
 
 def test_lakefs_runs_quickstart_and_waits_on_health() -> None:
@@ -288,3 +294,27 @@ def test_pins_agree_across_files() -> None:
 
     pom = (REPO / "services" / "marquez" / "pom.xml").read_text()
     assert f"<marquez.version>{MARQUEZ_VERSION}</marquez.version>" in pom
+
+
+# --------------------------------------------------------------------------- build script
+
+
+def test_building_marquez_without_its_source_says_so_in_one_line(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        KFM_CACHE_DIR=str(tmp_path / "cache"),
+        KFM_MARQUEZ_SOURCE=str(tmp_path / "no-such-source"),
+    )
+    script = str(REPO / "scripts" / "build-services.sh")
+    done = subprocess.run(
+        ["bash", script, "marquez"], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"no Marquez {MARQUEZ_VERSION} source" in lines[0] and "--marquez-source" in lines[0]
+    assert not (tmp_path / "cache").exists()  # nothing was built or downloaded
+    done = subprocess.run(
+        ["bash", script, "--marquez-source"], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -1,8 +1,12 @@
 """The `local` provider against the real services, started as processes on loopback.
 
-The services come from ``scripts/build-services.sh``. A service whose build is missing
-makes its tests FAIL when ``CI`` is set and skip (with the reason) otherwise, except a service
-marked blocked in ``blocked.py`` (Marquez), which skips with the recorded reason even in CI.
+The services come from ``scripts/build-services.sh`` (Marquez built from its source, see
+services/README.md). A service whose build is missing makes its tests FAIL when ``CI`` is set
+and skip (with the reason) otherwise (service_builds.py).
+
+The Marquez checks the harness applies to every lineage run (kfm_conformance.services.marquez)
+are run here against the real Marquez too: a plain run, an Airflow-shaped run hierarchy, and
+the ways a pipeline's events can be wrong that Marquez itself notices.
 """
 
 from __future__ import annotations
@@ -15,26 +19,27 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from blocked import require_service
+from service_builds import require_service
 
+from kfm_conformance.capture.lineage import LineageSink
 from kfm_conformance.services import get_provider, otlp_spans, read_otlp_json_lines
 from kfm_conformance.services.base import SERVICE_NAMES, Endpoints, ServiceError
 from kfm_conformance.services.external import ExternalServices
 from kfm_conformance.services.local import LocalServices, missing_builds, reap_stale_sessions
+from kfm_conformance.services.marquez import MarquezClient, judge_marquez_run
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _require(service: str) -> None:
-    """Fail (under CI) or skip (elsewhere) when ``service`` cannot be started here; a service
-    the lead marked blocked (blocked.py: Marquez) skips with its reason even under CI."""
+    """Fail (under CI) or skip (elsewhere) when ``service`` cannot be started here."""
     require_service(service)
 
 
@@ -122,6 +127,170 @@ def test_marquez_accepts_lineage_and_reports_completed_run(
                 break
         time.sleep(0.3)
     assert [(r["id"], r["state"]) for r in runs] == [(run_id, "COMPLETED")]
+
+
+def _marquez_url(local: tuple[LocalServices, Endpoints]) -> str:
+    _require("marquez")
+    if "marquez" in _START_ERRORS:
+        pytest.fail(f"Marquez did not start: {_START_ERRORS['marquez']}")
+    url = local[1].marquez_url
+    assert url
+    return url
+
+
+def _through_marquez(
+    url: str, events: list[dict[str, Any]], *, exit_ok: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send the events through a lineage sink that tees them to Marquez, as a lineage
+    scenario does; judge them; return ({check: finding}, evidence)."""
+    sink = LineageSink(forward_to=url, forward_timeout_s=30)
+    try:
+        since = sink.mark()
+        for event in events:
+            response = requests.post(sink.endpoint, json=event, timeout=30)
+            assert response.status_code == 201
+        assert sink.wait_forwarded(60)
+        records = sink.records(since=since)
+    finally:
+        sink.close()
+    findings, evidence = judge_marquez_run(
+        records, exit_ok=exit_ok, client=MarquezClient(url), wait_s=2
+    )
+    return {f.check: f for f in findings}, evidence
+
+
+def _ns() -> str:
+    return f"kfm-test-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_marquez_checks_pass_a_good_run_on_the_real_marquez(
+    local: tuple[LocalServices, Endpoints],
+) -> None:
+    url = _marquez_url(local)
+    namespace, run_id = _ns(), str(uuid.uuid4())
+    upstream = {"namespace": "http://127.0.0.1:8080", "name": "/data.json"}
+    output = {"namespace": "file", "name": "/srv/out/data.parquet"}
+    events = [_ol_event(kind, run_id, namespace, "ingest") for kind in ("START", "COMPLETE")]
+    for event in events:
+        event["inputs"], event["outputs"] = [upstream], [output]
+    checks, evidence = _through_marquez(url, events)
+    assert {c: f.ok for c, f in checks.items()} == {
+        "marquez.accepted": True,
+        "marquez.run-state": True,
+        "marquez.lineage-graph": True,
+    }, {c: f.message for c, f in checks.items()}
+    assert [f["status"] for f in evidence["forwarded"]] == [201, 201]
+    node = f"job:{namespace}:ingest"
+    assert (f"dataset:{upstream['namespace']}:{upstream['name']}", node) in checks[
+        "marquez.lineage-graph"
+    ].expected
+
+    # The same events said the run failed: Marquez shows COMPLETED, the check refuses it.
+    checks, _ = _through_marquez(url, events, exit_ok=False)
+    state = checks["marquez.run-state"]
+    assert not state.ok and state.expected == "FAILED" and state.observed == "COMPLETED"
+
+
+def _airflow_events(namespace: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A DAG run and two task runs, shaped as the Airflow OpenLineage provider sends them: the
+    tasks' jobs are named ``<dag>.<task>`` and carry a parent run facet naming the DAG run."""
+    ids = {name: str(uuid.uuid4()) for name in ("dag", "extract", "publish")}
+    dag_job = "kfm_ingest"
+    ref = {"job": {"namespace": namespace, "name": dag_job}, "run": {"runId": ids["dag"]}}
+    parent = {
+        "parent": {
+            **ref,
+            "root": ref,
+            "_producer": "https://github.com/apache/airflow",
+            "_schemaURL": "https://openlineage.io/spec/facets/1-1-0/ParentRunFacet.json"
+            "#/$defs/ParentRunFacet",
+        }
+    }
+    upstream = [{"namespace": "http://127.0.0.1:8080", "name": "/data.json"}]
+    output = [{"namespace": "file", "name": "/srv/out/data.parquet"}]
+
+    def task(kind: str, name: str, **sides: list[dict[str, str]]) -> dict[str, Any]:
+        event = _ol_event(kind, ids[name], namespace, f"{dag_job}.{name}")
+        event["run"]["facets"] = parent
+        event.update(sides)
+        return event
+
+    events = [
+        _ol_event("START", ids["dag"], namespace, dag_job),
+        task("START", "extract", inputs=upstream),
+        task("COMPLETE", "extract", inputs=upstream),
+        task("START", "publish", outputs=output),
+        task("COMPLETE", "publish", outputs=output),
+        _ol_event("COMPLETE", ids["dag"], namespace, dag_job),
+    ]
+    return events, ids
+
+
+def test_the_real_marquez_links_each_task_run_to_its_dag_run(
+    local: tuple[LocalServices, Endpoints],
+) -> None:
+    url = _marquez_url(local)
+    namespace = _ns()
+    events, ids = _airflow_events(namespace)
+    checks, evidence = _through_marquez(url, events)
+    assert {c: f.ok for c, f in checks.items()} == {
+        "marquez.accepted": True,
+        "marquez.run-state": True,
+        "marquez.parent-run": True,
+        "marquez.lineage-graph": True,
+    }, {c: f.message for c, f in checks.items()}
+    parents = {p["job"]: p for p in evidence["parents"]}
+    assert set(parents) == {"kfm_ingest.extract", "kfm_ingest.publish"}
+    for row in parents.values():
+        assert row["marquez_parent_run_id"] == ids["dag"]
+        assert row["marquez_knows_parent_run"] is True
+        assert row["marquez_parent_job"] == "kfm_ingest"
+    graph = checks["marquez.lineage-graph"].expected
+    assert ("dataset:http://127.0.0.1:8080:/data.json", f"job:{namespace}:kfm_ingest.extract") in (
+        graph
+    )
+    assert (
+        f"job:{namespace}:kfm_ingest.publish",
+        "dataset:file:/srv/out/data.parquet",
+    ) in graph
+
+    # The DAG run says COMPLETE although the pipeline failed: the root run is refused.
+    events, _ = _airflow_events(_ns())
+    checks, _ = _through_marquez(url, events, exit_ok=False)
+    assert not checks["marquez.run-state"].ok
+    assert "of job kfm_ingest: Marquez shows it as COMPLETED, expected FAILED" in (
+        checks["marquez.run-state"].message
+    )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "marquez_says"),
+    [
+        ("no-producer", "producer must not be null"),
+        ("no-job-namespace", "job.namespace must not be null"),
+        ("unparsable-event-time", "Cannot deserialize value of type `java.time.ZonedDateTime`"),
+    ],
+)
+def test_an_event_the_real_marquez_refuses_is_a_finding_with_its_error_text(
+    local: tuple[LocalServices, Endpoints], breakage: str, marquez_says: str
+) -> None:
+    url = _marquez_url(local)
+    run_id = str(uuid.uuid4())
+    events = [_ol_event(kind, run_id, _ns(), "ingest") for kind in ("START", "COMPLETE")]
+    broken = events[1]
+    if breakage == "no-producer":
+        del broken["producer"]
+    elif breakage == "no-job-namespace":
+        del broken["job"]["namespace"]
+    else:
+        broken["eventTime"] = "yesterday at noon"
+    checks, evidence = _through_marquez(url, events)
+    accepted = checks["marquez.accepted"]
+    assert not accepted.ok
+    assert marquez_says in accepted.message, accepted.message
+    assert accepted.observed[0].startswith("COMPLETE: ")
+    statuses = [f["status"] for f in evidence["forwarded"]]
+    assert statuses[0] == 201 and statuses[1] in (422, 500), statuses
 
 
 # --------------------------------------------------------------------------- lakeFS
@@ -242,15 +411,20 @@ def test_collector_writes_otlp_http_spans_to_file(local: tuple[LocalServices, En
 
 def test_health_versions_logs_and_external_view(local: tuple[LocalServices, Endpoints]) -> None:
     provider, endpoints = local
-    started = set(provider.pids())
+    started = set(provider.pids()) & SERVICE_NAMES
     if not started:
         _require("lakefs")  # nothing is built: fail or skip with the reason
     health = provider.health()
     assert health == dict.fromkeys(started, True)
     versions = provider.versions()
     assert set(started) <= set(versions)
-    for service in started:
+    for service in started | ({"postgresql"} if "marquez" in started else set()):
         assert provider.log_tail(service, 20).strip(), f"{service} wrote no log"
+    if "marquez" in started:
+        assert versions["postgresql"] == provider.versions()["postgresql"]
+        assert "database system is ready to accept connections" in provider.log_tail(
+            "postgresql", 400
+        )
     assert provider.log_tail("no-such-service") == ""
 
     external = ExternalServices(
@@ -280,15 +454,39 @@ def test_zz_stop_leaves_no_processes(local: tuple[LocalServices, Endpoints]) -> 
     assert provider.health() == {}
     assert not list(provider.paths.run_dir.glob(f"local-{os.getpid()}.json"))
     if "marquez" in pids:
-        assert not _pg_online(), "the kfm PostgreSQL cluster is still running after stop()"
+        assert "postgresql" in pids  # Marquez's own cluster, stopped with it
+        assert not _processes_mentioning(str(workdir)), "a process still uses the temp dir"
     provider.stop()  # idempotent
 
 
-def _pg_online() -> bool:
-    out = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=False)
-    return any(
-        line.split()[1:2] == ["kfm"] and "online" in line for line in out.stdout.splitlines()
-    )
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions ``text`` (e.g. a PostgreSQL backend's data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _children_of(pids: Iterable[int]) -> list[int]:
+    wanted = set(pids)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) in wanted:
+            found.append(int(entry.name))
+    return found
 
 
 def test_missing_build_is_a_service_error(tmp_path: Path) -> None:
@@ -309,16 +507,22 @@ def test_get_provider_local() -> None:
         get_provider("nope")
 
 
-def test_crashed_session_children_die_with_it() -> None:
-    """PR_SET_PDEATHSIG: a SIGKILLed test session takes its services with it."""
-    _require("collector")
+@pytest.mark.parametrize("service", ["collector", "marquez"])
+def test_crashed_session_children_die_with_it(service: str) -> None:
+    """PR_SET_PDEATHSIG: a SIGKILLed test session takes its services with it (Marquez with its
+    PostgreSQL, which runs as another user, and that server's own children)."""
+    _require(service)
     script = textwrap.dedent(
-        """
+        f"""
         import json, os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_local_services import _children_of
         from kfm_conformance.services.local import LocalServices
         p = LocalServices()
-        p.start({"collector"})
-        print(json.dumps({"pids": p.pids(), "workdir": str(p.workdir)}), flush=True)
+        p.start({{{service!r}}})
+        pids = p.pids()
+        print(json.dumps({{"pids": pids, "children": _children_of(pids.values()),
+                          "workdir": str(p.workdir)}}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
@@ -330,14 +534,18 @@ def test_crashed_session_children_die_with_it() -> None:
         text=True,
         env=env,
     )
-    stdout, stderr = session.communicate(timeout=120)
+    stdout, stderr = session.communicate(timeout=300)
     assert session.returncode == -signal.SIGKILL, stderr
     info = json.loads(stdout.strip().splitlines()[-1])
-    pid = info["pids"]["collector"]
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    started = [*info["pids"].values(), *info["children"]]
+    if service == "marquez":
+        assert set(info["pids"]) == {"marquez", "postgresql"}
+        assert info["children"], "PostgreSQL's own processes were not found"
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid), "the collector outlived its crashed parent"
+    survivors = [pid for pid in started if _alive(pid)]
+    assert not survivors, f"{survivors} outlived their crashed parent ({info})"
     # The next start (here: the reaper alone) tidies the dead session's leftovers.
     run_dir = LocalServices().paths.run_dir
     assert (run_dir / f"local-{session.pid}.json").exists()
@@ -391,3 +599,38 @@ def test_read_otlp_json_lines_tolerates_a_partial_last_line(tmp_path: Path) -> N
     path.write_text('{"broken\n' + json.dumps(first) + "\n")
     with pytest.raises(ValueError):
         read_otlp_json_lines(path)
+
+
+def test_a_postgresql_that_fails_is_a_marquez_error_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marquez's database failing to start is a ServiceError of Marquez with the server's log
+    tail, and leaves nothing behind. (Stand-in PostgreSQL binaries; no Marquez is started.)"""
+    from kfm_conformance.services import local as local_module
+    from kfm_conformance.services.base import MARQUEZ_VERSION
+
+    bin_dir = tmp_path / "postgresql" / "15" / "bin"
+    bin_dir.mkdir(parents=True)
+    scripts = {
+        "initdb": 'mkdir -p "$2"',
+        "postgres": "echo 'FATAL:  could not create lock file' >&2; exit 1",
+        "pg_isready": "exit 2",
+        "psql": "exit 2",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    cache = tmp_path / "cache"
+    jar = cache / "marquez" / MARQUEZ_VERSION / f"marquez-{MARQUEZ_VERSION}.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"")
+    monkeypatch.setattr(local_module, "_postgres_bin_dir", lambda: bin_dir)
+    monkeypatch.setattr(local_module.os, "geteuid", lambda: 1000)  # run the stand-ins as us
+    provider = LocalServices(cache_dir=cache, start_timeout=30)
+    with pytest.raises(ServiceError) as info:
+        provider.start({"marquez"})
+    assert info.value.service == "marquez"
+    assert "PostgreSQL for Marquez" in info.value.message
+    assert "could not create lock file" in info.value.log_tail
+    assert provider.pids() == {} and provider.workdir is None
+    assert not list((cache / "run").glob("local-*.json"))

@@ -1,8 +1,8 @@
 """The promotion guarantee and the real-service path, end to end through the CLI.
 
 - the reference pipeline, with its lakeFS profile, is certified under --strict on promotion,
-  telemetry and lineage with a real lakeFS and a real Collector (Marquez embedded: it is
-  blocked on this project's machines, see blocked.py);
+  telemetry and lineage through all three real services (``--services local``: lakeFS, the
+  Collector and Marquez);
 - a service that dies in the middle of a session gives ``error`` with its log tail, never
   ``fail``;
 - lakeFS credentials never appear in anything the harness writes, even when the pipeline
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from blocked import require_service
 from conftest import (
     FIXTURES,
     REPO,
@@ -33,8 +32,14 @@ from conftest import (
     load_report,
     openlineage_spec,
 )
+from service_builds import require_service
 
-from kfm_conformance.services.base import Endpoints
+from kfm_conformance.services.base import (
+    COLLECTOR_VERSION,
+    LAKEFS_VERSION,
+    MARQUEZ_VERSION,
+    Endpoints,
+)
 from kfm_conformance.services.local import LocalServices, missing_builds
 
 LAKEFS_PROFILE = REPO / "reference" / "profile-lakefs.toml"
@@ -45,9 +50,10 @@ def _scenarios(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for row in report["guarantees"] for s in row["scenarios"]]
 
 
-def test_reference_is_certified_with_real_lakefs_and_collector(tmp_path: Path) -> None:
+def test_reference_is_certified_through_all_three_real_services(tmp_path: Path) -> None:
     require_service("lakefs")
     require_service("collector")
+    require_service("marquez")
     report_dir = tmp_path / "report"
     started = time.monotonic()
     code, out, err = certify(
@@ -55,7 +61,7 @@ def test_reference_is_certified_with_real_lakefs_and_collector(tmp_path: Path) -
         "--profile",
         str(LAKEFS_PROFILE),
         "--services",
-        "lakefs=local,collector=local,marquez=embedded",
+        "local",
         "--only",
         "promotion",
         "telemetry",
@@ -76,9 +82,10 @@ def test_reference_is_certified_with_real_lakefs_and_collector(tmp_path: Path) -
     assert promotion["verdict"] == "pass"
     assert len(promotion["scenarios"]) == 8
     services = report["provenance"]["services"]
-    assert services["provider"] == "lakefs=local,collector=local,marquez=embedded"
-    assert services["versions"]["lakefs"] == "1.84.0 (local)"
-    assert services["versions"]["collector"] == "0.161.0 (local)"
+    assert services["provider"] == "local"
+    assert services["versions"]["lakefs"] == f"{LAKEFS_VERSION} (local)"
+    assert services["versions"]["collector"] == f"{COLLECTOR_VERSION} (local)"
+    assert services["versions"]["marquez"] == f"{MARQUEZ_VERSION} (local)"
     for scenario in promotion["scenarios"]:
         evidence = scenario["evidence"]
         assert evidence["services"]["lakefs"] == "1.84.0 (local)"
@@ -89,6 +96,16 @@ def test_reference_is_certified_with_real_lakefs_and_collector(tmp_path: Path) -
     assert all(s["evidence"]["services"]["collector"] for s in telemetry["scenarios"])
     notes = [n for s in telemetry["scenarios"] for n in s["evidence"].get("notes", [])]
     assert any("read back from the OpenTelemetry Collector" in n for n in notes)
+    # Every lineage run was re-verified through the real Marquez, and Marquez agreed.
+    lineage = guarantee_row(report, "lineage")
+    assert lineage["verdict"] == "pass"
+    for scenario in lineage["scenarios"]:
+        assert scenario["evidence"]["services"]["marquez"] == f"{MARQUEZ_VERSION} (local)"
+        checks = {f["check"] for f in scenario["findings"] if f["check"].startswith("marquez.")}
+        assert {"marquez.accepted", "marquez.run-state"} <= checks, scenario["check_id"]
+        assert all(f["ok"] for f in scenario["findings"] if f["check"].startswith("marquez."))
+        runs = scenario["evidence"]["marquez"]
+        assert runs and all(f["status"] == 201 for r in runs for f in r["forwarded"])
     durations = {s["check_id"]: s["duration_s"] for s in promotion["scenarios"]}
     print(f"certify took {elapsed:.1f}s; promotion scenarios: {durations}")
 
@@ -237,10 +254,12 @@ def test_lakefs_credentials_never_reach_reports_or_logs(
     assert os.environ.get("KFM_LAKEFS_SECRET_ACCESS_KEY") == access.secret_access_key
 
 
-def test_lineage_is_an_error_when_the_chosen_marquez_is_unavailable(tmp_path: Path) -> None:
+def test_lineage_is_an_error_when_the_chosen_marquez_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--services local` without a Marquez build: lineage scenarios are errors, not fails."""
-    if not missing_builds(wanted={"marquez"}):
-        pytest.skip("Marquez is built on this machine, so it is not unavailable")
+    monkeypatch.setenv("KFM_CACHE_DIR", str(tmp_path / "empty-cache"))  # no builds at all
+    assert missing_builds(wanted={"marquez"})
     report_dir = tmp_path / "report"
     code, out, err = certify(
         "certify",
