@@ -32,6 +32,7 @@ import copy
 import hashlib
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,7 +153,9 @@ def parse_rdf(text: str, *, fmt: str, base: str) -> Graph:
                 data = json.loads(text)
             except ValueError as exc:
                 raise SidecarUnreadable(f"not JSON: {exc}") from None
-            with offline_jsonld_contexts():
+            # rdflib's JSON-LD parser warns about its own use of ConjunctiveGraph.
+            with offline_jsonld_contexts(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
                 graph.parse(data=json.dumps(data), format="json-ld", publicID=base, base=base)
         else:
             graph.parse(data=text, format=fmt, publicID=base)
@@ -336,7 +339,9 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
     try:
         item = pystac.Item.from_dict(copy.deepcopy(doc), migrate=True, preserve_dict=False)
         problems = stac_core_problems(doc)
-    except (pystac.STACError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (
+        pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError, AttributeError
+    ) as exc:
         item = None
         problems = [f"pystac cannot read it as a STAC Item: {type(exc).__name__}: {exc}"]
     findings.append(
