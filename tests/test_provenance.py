@@ -224,7 +224,7 @@ def test_profile_declares_sidecar_formats(tmp_path: Path) -> None:
     ok = parse_profile({**base, "provenance": {"prov": "p.ttl", "prov_format": "turtle"}},
                        tmp_path / "p.toml")
     assert ok.provenance["prov_format"] == "turtle"
-    with pytest.raises(ConfigurationError, match="provenance.dcat_format"):
+    with pytest.raises(ConfigurationError, match=r"provenance\.dcat_format"):
         parse_profile({**base, "provenance": {"dcat_format": "rdf/xml"}}, tmp_path / "p.toml")
 
 
