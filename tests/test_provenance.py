@@ -311,6 +311,31 @@ def test_one_finding_per_violation(published: RunFacts) -> None:
     )
 
 
+def test_inverse_and_qualified_prov_forms_in_turtle(published: RunFacts) -> None:
+    turtle = f"""
+        @prefix prov: <http://www.w3.org/ns/prov#> .
+        <data.parquet> a prov:Entity ;
+            prov:qualifiedGeneration [ a prov:Generation ; prov:activity <urn:run> ] .
+        <urn:run> a prov:Activity ;
+            prov:qualifiedUsage [ a prov:Usage ; prov:entity [ prov:atLocation "{URL}" ] ] .
+        <urn:other-run> a prov:Activity ; prov:generated <data.parquet> ; prov:used <{URL}> .
+    """
+    findings = _judge_text("prov", turtle, "turtle", published)
+    assert _failed(findings) == ["provenance.prov.checksum-present"]
+
+
+def test_an_untyped_activity_is_still_judged(published: RunFacts) -> None:
+    turtle = """
+        @prefix prov: <http://www.w3.org/ns/prov#> .
+        <data.parquet> a prov:Entity ; prov:wasGeneratedBy <urn:run> .
+        <urn:run> prov:used <urn:not-the-upstream> .
+    """
+    findings = _judge_text("prov", turtle, "turtle", published)
+    assert _failed(findings) == [
+        "provenance.prov.checksum-present", "provenance.prov.generation", "provenance.prov.used"
+    ]
+
+
 def test_a_checksum_of_another_algorithm_is_not_compared(published: RunFacts) -> None:
     doc = _reference_documents(published)["dcat"]
     doc["dcat:distribution"]["spdx:checksum"] = {
