@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +220,51 @@ def _node(term: Any) -> str | None:
     return "the publication under test" if str(term) == PUBLICATION else str(term)
 
 
+_SPARQL_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=256)
+def _prepared_query(text: str) -> Any:
+    """The parsed query, or None when it needs prefixes it does not declare itself."""
+    from rdflib.plugins.sparql.algebra import translateQuery
+    from rdflib.plugins.sparql.parser import parseQuery
+
+    try:
+        return translateQuery(parseQuery(text), None, {})
+    except Exception:  # an undeclared prefix: leave it to rdflib, with the graph's prefixes
+        return None
+
+
+def _sorted_prefixes(text: str) -> str:
+    """The query with its PREFIX lines in one order (pySHACL writes them in any order)."""
+    lines = text.splitlines()
+    prefixes = sorted(line for line in lines if line.lstrip().upper().startswith("PREFIX "))
+    rest = [line for line in lines if not line.lstrip().upper().startswith("PREFIX ")]
+    return "\n".join([*prefixes, *rest])
+
+
+@contextmanager
+def prepared_sparql_queries() -> Iterator[None]:
+    """While active, rdflib parses each distinct SPARQL query once. pySHACL asks the same
+    constraint query once per focus node, and parsing it (not running it) is most of the cost.
+    The shapes declare every prefix they use (``sh:declare``)."""
+    from rdflib.plugins.sparql.processor import SPARQLProcessor
+
+    original: Any = SPARQLProcessor.query
+
+    def query(self: Any, query: Any, initBindings: Any = None, *args: Any, **kwargs: Any) -> Any:  # noqa: N803
+        if isinstance(query, str):
+            query = _prepared_query(_sorted_prefixes(query)) or query
+        return original(self, query, initBindings, *args, **kwargs)
+
+    with _SPARQL_LOCK:
+        setattr(SPARQLProcessor, "query", query)  # noqa: B010 (a patch mypy need not check)
+        try:
+            yield
+        finally:
+            setattr(SPARQLProcessor, "query", original)  # noqa: B010
+
+
 def judge_rdf(kind: str, graph: Graph, facts: RunFacts) -> list[Finding]:
     """One finding per shape that held, one per violation of a shape that did not."""
     import pyshacl
@@ -227,12 +273,13 @@ def judge_rdf(kind: str, graph: Graph, facts: RunFacts) -> list[Finding]:
 
     sh = Namespace("http://www.w3.org/ns/shacl#")
     shapes, rules = load_shapes(kind)
-    _conforms, results, _text = pyshacl.validate(
-        with_run_facts(graph, facts),
-        shacl_graph=shapes,
-        inference="none",
-        allow_warnings=True,
-    )
+    with prepared_sparql_queries():
+        _conforms, results, _text = pyshacl.validate(
+            with_run_facts(graph, facts),
+            shacl_graph=shapes,
+            inference="none",
+            allow_warnings=True,
+        )
     violated: dict[str, list[Finding]] = {}
     for result in results.subjects(RDF.type, sh.ValidationResult):
         source = str(results.value(result, sh.sourceShape))
