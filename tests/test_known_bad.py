@@ -1,8 +1,8 @@
 """Every check can fail: each known-bad pipeline in fixtures/ is refused on its guarantee.
 
 The catalogue (fixtures/catalogue.toml) is data; this test runs the real CLI against each
-fixture, restricted to the guarantee it breaks, and checks the verdict, the failing check and
-its evidence.
+fixture, restricted to the guarantee it breaks, and checks the verdict, the failing check (and,
+where the catalogue names one, its check ID) and its evidence.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def test_known_bad_pipeline_is_refused_on_its_guarantee(entry: dict[str, Any], t
         assert scenario["evidence"]["runs"], "a refusal must carry the runs as evidence"
         broken = [f for f in scenario["findings"] if not f["ok"]]
         assert any(f["message"] in scenario["message"] for f in broken)
+    if "check" in entry:
+        broken_checks = {f["check"] for s in refused for f in s["findings"] if not f["ok"]}
+        assert entry["check"] in broken_checks, (entry["check"], sorted(broken_checks))
     if entry["verdict"] == "fail":
         assert code == 1
         assert report["verdict"] == "not-certified"
