@@ -123,4 +123,4 @@ class ServiceObserver:
         findings, evidence = judge_marquez_run(records, exit_ok=run.success, client=self.marquez)
         marquez: list[Any] = context.evidence.setdefault("marquez", [])
         marquez.append({"run": run.label, **evidence})
-        context.judge.apply(findings)
+        context.judge.apply(findings, independent=True)
