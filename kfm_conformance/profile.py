@@ -70,15 +70,15 @@ def profile_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ExitCodes:
-    """The declared exit code of each outcome."""
+    """The declared exit code of each outcome; the defaults are :data:`BLUEPRINT_EXIT_CODES`."""
 
-    published: int = 0
-    not_modified: int = 0
-    usage: int = 2
-    invalid_upstream: int = 65
-    upstream_refused: int = 69
-    upstream_transient: int = 75
-    io_error: int = 74
+    published: int = BLUEPRINT_EXIT_CODES["published"]
+    not_modified: int = BLUEPRINT_EXIT_CODES["not_modified"]
+    usage: int = BLUEPRINT_EXIT_CODES["usage"]
+    invalid_upstream: int = BLUEPRINT_EXIT_CODES["invalid_upstream"]
+    upstream_refused: int = BLUEPRINT_EXIT_CODES["upstream_refused"]
+    upstream_transient: int = BLUEPRINT_EXIT_CODES["upstream_transient"]
+    io_error: int = BLUEPRINT_EXIT_CODES["io_error"]
 
     def of(self, outcome: str) -> int:
         if outcome not in BLUEPRINT_EXIT_CODES:

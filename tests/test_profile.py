@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from kfm_conformance.profile import BLUEPRINT_EXIT_CODES, load_profile
+from kfm_conformance.profile import BLUEPRINT_EXIT_CODES, ExitCodes, load_profile
 from kfm_conformance.verdict import ConfigurationError
 
 
@@ -35,3 +36,8 @@ def test_a_failure_may_not_share_a_success_code(tmp_path: Path) -> None:
                     "[exit_codes]\nio_error = 0\n")
     with pytest.raises(ConfigurationError, match=r"exit_codes\.io_error"):
         load_profile(path)
+
+
+def test_exit_codes_have_one_field_per_outcome_defaulting_to_the_blueprint() -> None:
+    assert [f.name for f in fields(ExitCodes)] == list(BLUEPRINT_EXIT_CODES)
+    assert ExitCodes().as_dict() == BLUEPRINT_EXIT_CODES
