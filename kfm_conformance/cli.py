@@ -38,8 +38,9 @@ from kfm_conformance.report.model import (
     read_scenario_results,
     services_used,
 )
-from kfm_conformance.report.writers import redact_file, write_reports
+from kfm_conformance.report.writers import prepare_report_dir, redact_file, write_reports
 from kfm_conformance.services.selection import ExternalSettings, parse_services
+from kfm_conformance.stderr_tee import StderrTee, failure_excerpt
 from kfm_conformance.verdict import ConfigurationError
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
@@ -218,12 +219,7 @@ def certify(args: argparse.Namespace) -> int:
         bundle.check_target(Path(args.bundle))
     expected = baselines.load_baseline(args.baseline) if args.baseline else None
     report_dir = Path(args.report_dir)
-    try:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"--report-dir: cannot create {report_dir}: {exc.strerror}"
-        ) from None
+    prepare_report_dir(report_dir)  # exists, takes a write; one line (exit 2) if not
     results_dir = report_dir / "scenarios"
     results_dir.mkdir(exist_ok=True)
     for stale in results_dir.glob("scenarios-*.jsonl"):
@@ -234,19 +230,24 @@ def certify(args: argparse.Namespace) -> int:
     clock = time.monotonic()
     log_path = report_dir / "pytest.log"
     print(f"certifying {profile.name} ({len(selected)} guarantees, seed {seed})", file=sys.stderr)
-    with log_path.open("w") as log:
-        completed = subprocess.run(
-            pytest_argv(profile, args, results_dir, report_dir, seed),
-            stdout=log,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+    tee = StderrTee()  # pytest's own errors (exit 2-4) go to stderr, not to the log
+    try:
+        with log_path.open("w") as log:
+            completed = subprocess.run(
+                pytest_argv(profile, args, results_dir, report_dir, seed),
+                stdout=log,
+                stderr=tee.write_end,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+    finally:
+        tee.close()
     results = read_scenario_results(results_dir)
     problems = []
     if completed.returncode not in (0, 1):
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
         problems.append(
-            f"harness error: the test run exited {completed.returncode}: " + " / ".join(tail)
+            f"harness error: the test run exited {completed.returncode}: "
+            + failure_excerpt(list(tee.lines), log_path)
         )
     if not results:
         problems.append("harness error: no scenario produced a result (see pytest.log)")
@@ -285,6 +286,8 @@ def certify(args: argparse.Namespace) -> int:
         redact_file(report_dir / written_by_pytest, redactor)
     write_reports(data, report_dir)
     print(summary_line(data))
+    for problem in data.get("problems", [])[:5]:
+        print(f"  problem: {problem}")
     for check_id in data["blocking"][:20]:
         print(f"  blocking: {check_id}")
     print(f"reports: {report_dir}/report.json, report.html, report.md, junit.xml, cucumber.json")
@@ -388,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keygen_command(args)
         raise ConfigurationError(f"unknown command {args.command!r}")
     except ConfigurationError as exc:
-        print(f"kfm-conformance: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
+        print(f"kfm-conformance: {message}", file=sys.stderr)  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kfm-conformance: interrupted", file=sys.stderr)

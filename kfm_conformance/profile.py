@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 
 import jsonschema
 
+from kfm_conformance.redact import is_maskable, sensitive_values
 from kfm_conformance.verdict import ConfigurationError
 
 #: The blueprint's exit table, used for every key a profile leaves out.
@@ -208,10 +209,15 @@ class Profile:
             raise ConfigurationError(f"{self.path}: pipeline.command: program not found: {program}")
 
     def secret_values(self, environ: dict[str, str]) -> list[str]:
-        """Values that reports must never show: declared secrets and known credentials."""
+        """Values that reports must never show, from the harness's ``environ`` and from
+        ``[pipeline.env]``: declared secrets, known credentials (the lakeFS ones under the
+        names the profile gives them too), variables whose name looks sensitive, and strings
+        in a known token format (see :mod:`kfm_conformance.redact`)."""
         names = self.secret_env | KNOWN_SECRET_ENV
+        names |= {self.lakefs_env[k] for k in ("access_key_id_env", "secret_access_key_env")}
         values = [environ.get(n, "") for n in names] + [self.env.get(n, "") for n in names]
-        return sorted({v for v in values if len(v) >= 4})
+        values += sensitive_values(environ) + sensitive_values(self.env)
+        return sorted({v for v in values if v and is_maskable(v)})
 
     def summary(self) -> dict[str, Any]:
         """What a report says about the pipeline under test."""
