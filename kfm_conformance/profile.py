@@ -445,6 +445,12 @@ def parse_profile(data: dict[str, Any], path: Path, text: bytes = b"") -> Profil
             f"{path}: pipeline.name: {_shorten(repr(pipeline['name']), 80)} is not a name: "
             + NAME_RULE
         )
+    paths = [("pipeline.output", pipeline["output"])]
+    paths += [(f"pipeline.state[{i}]", s) for i, s in enumerate(pipeline.get("state") or [])]
+    paths += [(f"provenance.{k}", v) for k, v in data.get("provenance", {}).items()]
+    for key, relative in paths:
+        if any(ord(c) < 32 or ord(c) == 127 for c in relative):
+            raise ConfigurationError(f"{path}: {key}: a path must not hold control characters")
     known = dict.fromkeys(PLACEHOLDERS, "")
     for index, part in enumerate(pipeline["command"]):
         try:

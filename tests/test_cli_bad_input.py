@@ -138,6 +138,11 @@ def _env_table(values: dict[str, str]) -> str:
             id="nul-in-output",
         ),
         pytest.param(
+            GOOD.replace('"out/data.parquet"', '"out/x\\nparquet"'),
+            "pipeline.output: a path must not hold control characters",
+            id="newline-in-output",
+        ),
+        pytest.param(
             GOOD.replace('"pass"', '"pa\\u0000ss"'),
             "pipeline.command[2]: contains a NUL byte",
             id="nul-in-argument",
