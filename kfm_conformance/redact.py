@@ -31,8 +31,11 @@ all digits, has at least :data:`MIN_NUMERIC_SECRET_LENGTH` (8) of them. Masking 
 protecting nothing: a value that short is guessed, not leaked. A base64 form is masked only
 when it is at least :data:`MIN_BASE64_FORM` characters long.
 
-Not covered: other encodings (hex, base32, gzip, MIME base64 broken over lines), and a secret
-cut in two by a bounded tail of stdout or stderr (the part inside the tail shows).
+A long text (a bounded tail of stdout or stderr) that starts with the end of a secret, or ends
+with its start, has that piece masked too, when it is at least 4 characters long.
+
+Not covered: other encodings (hex, base32, gzip, MIME base64 broken over lines), and the
+pieces of a secret cut by a tail in its encoded forms.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ SENSITIVE_NAME_PARTS = (
 MIN_SECRET_LENGTH = 4
 MIN_NUMERIC_SECRET_LENGTH = 8
 MIN_BASE64_FORM = 6
+#: Texts at least this long may be a bounded tail cut through a secret (see
+#: :meth:`Redactor._mask_cut_edges`).
+CUT_TEXT_LENGTH = 1024
 #: Values too common in a report to be masked (compared case-insensitively).
 NOT_SECRET_WORDS = frozenset({"true", "false", "none", "null", "yes", "no", "on", "off"})
 
@@ -192,6 +198,23 @@ class Redactor:
                 text = text.replace(secret, MASK)
         if any(prefix in text for prefix in _TOKEN_PREFIXES):
             text = TOKEN_PATTERN.sub(MASK, text)
+        if len(text) >= CUT_TEXT_LENGTH:
+            text = self._mask_cut_edges(text)
+        return text
+
+    def _mask_cut_edges(self, text: str) -> str:
+        """A bounded tail (of stdout, stderr, a log) may start with the end of a secret or end
+        with its start: mask a piece of at least :data:`MIN_SECRET_LENGTH` characters of a
+        secret's literal form at either edge."""
+        for value in self.values:
+            for size in range(len(value) - 1, MIN_SECRET_LENGTH - 1, -1):
+                if text.startswith(value[-size:]):
+                    text = MASK + text[size:]
+                    break
+            for size in range(len(value) - 1, MIN_SECRET_LENGTH - 1, -1):
+                if text.endswith(value[:size]):
+                    text = text[:-size] + MASK
+                    break
         return text
 
     def redact(self, value: Any) -> Any:

@@ -205,3 +205,13 @@ def test_redact_file_masks_in_place_and_keeps_other_bytes(tmp_path: Path) -> Non
     assert out.startswith(b"<testcase>\xff\xfe undecodable bytes stay; ***")
     assert out.count(b"***") == 2
     assert len(out) < len(data)
+
+
+def test_a_tail_cut_through_a_secret_shows_no_piece_of_it() -> None:
+    secret = "kfm-secret-0123456789abcdef"
+    redactor = Redactor([secret])
+    tail = secret[-12:] + " and then " + "x" * 2000 + " last words " + secret[:9]
+    masked = redactor.redact_text(tail)
+    assert masked.startswith(f"{MASK} and then ") and masked.endswith(f" last words {MASK}")
+    short = secret[-12:] + " short text"  # not a bounded tail: left as it is
+    assert redactor.redact_text(short) == short
