@@ -41,8 +41,9 @@ from kfm_conformance.report.model import (
     now_iso,
     services_used,
 )
-from kfm_conformance.report.writers import redact_file, write_reports
+from kfm_conformance.report.writers import prepare_report_dir, redact_file, write_reports
 from kfm_conformance.services.selection import ExternalSettings, parse_services
+from kfm_conformance.stderr_tee import StderrTee, failure_excerpt
 from kfm_conformance.verdict import ConfigurationError
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
@@ -244,12 +245,7 @@ def certify(args: argparse.Namespace) -> int:
         if args.isolation == "auto":
             print(f"kfm-conformance: unisolated: {choice.reason}", file=sys.stderr)
     report_dir = Path(args.report_dir)
-    try:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"--report-dir: cannot create {report_dir}: {exc.strerror}"
-        ) from None
+    prepare_report_dir(report_dir)  # exists, takes a write; one line (exit 2) if not
     (report_dir / "cucumber.json").unlink(missing_ok=True)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(3), "big")
     started = now_iso()
@@ -278,7 +274,8 @@ def certify(args: argparse.Namespace) -> int:
     problems = list(outcome.problems)
     if outcome.returncode not in (0, 1) and not outcome.interrupted:
         problems.append(
-            f"harness error: the test run exited {outcome.returncode}: " + log_excerpt(log_path)
+            f"harness error: the test run exited {outcome.returncode}: "
+            + failure_excerpt(outcome.stderr_lines, log_path)
         )
     problems += contents.problems
     if not results:
@@ -323,6 +320,8 @@ def certify(args: argparse.Namespace) -> int:
         redact_file(report_dir / written_by_pytest, redactor)
     write_reports(data, report_dir)
     print(summary_line(data))
+    for problem in data.get("problems", [])[:5]:
+        print(f"  problem: {problem}")
     for check_id in data["blocking"][:20]:
         print(f"  blocking: {check_id}")
     print(f"reports: {report_dir}/report.json, report.html, report.md, junit.xml, cucumber.json")
@@ -354,6 +353,7 @@ class SuiteOutcome:
     returncode: int
     interrupted: str | None = None
     problems: list[str] = field(default_factory=list)
+    stderr_lines: list[str] = field(default_factory=list)
 
 
 def run_suite(
@@ -373,11 +373,13 @@ def run_suite(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     key_read, key_write = os.pipe()
     problems: list[str] = []
+    tee = StderrTee()  # pytest's own errors (exit 2-4) go to stderr, not to the log
     try:
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [*argv, "--kfm-key-fd", str(key_read)],
                 stdout=log,
+                stderr=tee.write_end,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(key_read,),
                 start_new_session=True,
@@ -402,10 +404,14 @@ def run_suite(
             if process.poll() is None:
                 stop_process_group(process)
     finally:
+        tee.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return SuiteOutcome(
-        process.returncode, interrupted=received[0] if received else None, problems=problems
+        process.returncode,
+        interrupted=received[0] if received else None,
+        problems=problems,
+        stderr_lines=list(tee.lines),
     )
 
 
@@ -425,17 +431,6 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) 
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def log_excerpt(log_path: Path, lines: int = 4) -> str:
-    """The lines of pytest's log that say what broke (errors first, else its last lines)."""
-    try:
-        text = log_path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    errors = [line.strip() for line in text if line.startswith(("ERROR", "E ", "INTERNALERROR"))]
-    chosen = (errors or text)[-lines:]
-    return " / ".join(chosen)[:800] or "(the log is empty)"
 
 
 def verify_command(args: argparse.Namespace) -> int:
@@ -523,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keygen_command(args)
         raise ConfigurationError(f"unknown command {args.command!r}")
     except ConfigurationError as exc:
-        print(f"kfm-conformance: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
+        print(f"kfm-conformance: {message}", file=sys.stderr)  # always one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kfm-conformance: interrupted", file=sys.stderr)

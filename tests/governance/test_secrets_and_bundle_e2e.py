@@ -1,16 +1,26 @@
 """End to end: a pipeline that leaks its secrets (stdout, stderr, request headers) is
 certified with ``--bundle`` and ``--sign-key``; no report or bundle file holds a secret, the
 bundle verifies, its cucumber JSON lost no scenario under xdist, and every report carries the
-provenance."""
+provenance.
+
+The secrets: a declared ``secret_env`` value, a known credential variable, a sensitive-named
+``[pipeline.env]`` variable that is not declared, and the harness's own ``GITHUB_TOKEN`` and
+``KFM_API_TOKEN``, which the pipeline hunts for in its ancestors' ``/proc/PID/environ``. It
+prints each in every form (literal, JSON, URL-encoded, base64 at each offset, HTTP Basic), and
+every file under the report directory and the bundle is searched for every form.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import tomli_w
@@ -20,13 +30,58 @@ FIXTURES = REPO / "fixtures"
 
 CANARY = "kfm-canary-5f3a9c1e7b2d"  # declared secret (pipeline.secret_env)
 CREDENTIAL = "lakefs-canary-0d9e8f7a6b"  # a known credential variable, not declared
+PROFILE_PASSWORD = 'pw/"canary"+&=?9c1e'  # [pipeline.env] UPSTREAM_PASSWORD: sensitive name
+GITHUB_TOKEN = "ghp_" + "Kf9canary0GitHub1Token2Value3xyzABCD"  # the harness's environment
+KFM_API_TOKEN = "kfm-api-canary-77e1c0ffee"  # the harness's environment
+SECRETS = {
+    "declared": CANARY,
+    "credential": CREDENTIAL,
+    "profile-password": PROFILE_PASSWORD,
+    "github-token": GITHUB_TOKEN,
+    "kfm-api-token": KFM_API_TOKEN,
+}
 
-LEAKY = f'''"""The fixture pipeline, but it prints its secrets and sends them as headers."""
+LEAKY = f'''"""The fixture pipeline, but it prints its secrets in every encoding, sends them as
+headers, and hunts for the harness's tokens in its ancestors' environments."""
+import base64
+import json
 import os
 import sys
+from urllib.parse import quote, quote_plus
 
 sys.path.insert(0, {str(FIXTURES)!r})
 from kfm_fixture import Pipeline
+
+WANTED = ("GITHUB_TOKEN", "KFM_API_TOKEN")
+
+
+def ancestors_secrets():
+    """What a hostile pipeline can read of the harness: /proc/PID/environ up the tree."""
+    found, pid = {{}}, os.getppid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{{pid}}/environ", "rb") as handle:
+                for item in handle.read().split(b"\\0"):
+                    name, _, value = item.decode(errors="replace").partition("=")
+                    if name in WANTED:
+                        found[name] = value
+            with open(f"/proc/{{pid}}/stat") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
+def every_form(label, secret):
+    raw = secret.encode()
+    yield f"{{label}} literal={{secret}}"
+    yield f"{{label}} json={{json.dumps({{'v': secret}})}}"
+    yield f"{{label}} quote={{quote(secret, safe='')}} plus={{quote_plus(secret)}}"
+    for offset in range(3):
+        blob = b"<" * offset + raw + b">tail"
+        yield f"{{label}} b64={{base64.b64encode(blob).decode()}}"
+        yield f"{{label}} b64url={{base64.urlsafe_b64encode(blob).decode()}}"
+    yield f"{{label}} basic=Basic {{base64.b64encode(b'user:' + raw).decode()}}"
 
 
 class Leaky(Pipeline):
@@ -34,7 +89,16 @@ class Leaky(Pipeline):
         secret = os.environ["KFM_CANARY"]
         print(f"token={{secret}}")
         print(f"lakefs={{os.environ['LAKEFS_SECRET_ACCESS_KEY']}}", file=sys.stderr)
+        stolen = ancestors_secrets()
+        print("found in ancestors: " + ",".join(sorted(stolen)))
+        leaks = {{"password": os.environ["UPSTREAM_PASSWORD"], **stolen}}
+        for label, value in leaks.items():
+            for line in every_form(label, value):
+                print(line)
+                print(line, file=sys.stderr)
         headers = {{**headers, "X-Canary": secret, "Authorization": f"Bearer {{secret}}"}}
+        for name, value in stolen.items():
+            headers[f"X-Stolen-{{name}}"] = value
         return super().fetch(url, headers)
 
 
@@ -44,14 +108,42 @@ if __name__ == "__main__":
 
 
 def cli(*args: str, timeout: float = 600) -> tuple[int, str, str]:
+    """The real CLI, with the harness's environment holding tokens a pipeline must not leak."""
+    env = {**os.environ, "GITHUB_TOKEN": GITHUB_TOKEN, "KFM_API_TOKEN": KFM_API_TOKEN}
     done = subprocess.run(
         [sys.executable, "-m", "kfm_conformance.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
     return done.returncode, done.stdout, done.stderr
+
+
+def _stable_base64(secret: bytes) -> list[str]:
+    """For each offset of ``secret`` in a larger string, the base64 characters that do not
+    depend on its neighbours: those that agree between all-zero and all-one neighbours."""
+    runs = []
+    for offset in range(3):
+        low = base64.b64encode(b"\0" * offset + secret + b"\0\0\0").decode()
+        high = base64.b64encode(b"\xff" * offset + secret + b"\xff\xff\xff").decode()
+        same = "".join(a if a == b else "\n" for a, b in zip(low, high, strict=True))
+        runs += [run for run in same.split("\n") if len(run) >= 8]
+    return runs + [r.replace("+", "-").replace("/", "_") for r in runs]
+
+
+def forms(secret: str) -> list[str]:
+    """Every form of ``secret`` that must not be in any file the harness writes."""
+    found = {
+        secret,
+        json.dumps(secret)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        *_stable_base64(secret.encode()),
+    }
+    return sorted(found)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +161,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "env": {
                 "KFM_CANARY": CANARY,
                 "LAKEFS_SECRET_ACCESS_KEY": CREDENTIAL,
+                "UPSTREAM_PASSWORD": PROFILE_PASSWORD,
                 "KFM_FETCH_TIMEOUT_S": "2",
             },
         },
@@ -100,16 +193,23 @@ def test_the_run_is_certified_and_bundled(run: dict[str, Any]) -> None:
 
 
 def test_no_secret_in_any_report_or_bundle_file(run: dict[str, Any]) -> None:
+    """grep every file the harness wrote for every form of every secret."""
     root: Path = run["root"]
     checked = 0
+    leaks = []
     for directory in (root / "report", root / "bundle"):
         for path in _all_files(directory):
             data = path.read_bytes()
-            assert CANARY.encode() not in data, path
-            assert CREDENTIAL.encode() not in data, path
+            for label, secret in SECRETS.items():
+                for form in forms(secret):
+                    if form.encode() in data:
+                        leaks.append(f"{path.relative_to(root)}: {label} as {form!r}")
             checked += 1
+    assert not leaks, leaks[:20]
     assert checked > 20
-    assert CANARY not in run["out"] + run["err"]
+    assert (root / "bundle" / "profile.toml").is_file()
+    for secret in SECRETS.values():
+        assert secret not in run["out"] + run["err"]
 
 
 def test_the_leaks_were_there_and_masked(run: dict[str, Any]) -> None:
@@ -119,6 +219,16 @@ def test_the_leaks_were_there_and_masked(run: dict[str, Any]) -> None:
     runs = [r for s in scenarios for r in s["evidence"].get("runs", [])]
     assert any("token=***" in r["stdout_tail"] for r in runs)
     assert any("lakefs=***" in r["stderr_tail"] for r in runs)
+    leaked = [r["stdout_tail"] for r in runs if "password literal=" in r["stdout_tail"]]
+    assert leaked, "the pipeline printed nothing"
+    for line in leaked[0].splitlines():
+        if line.startswith("password "):
+            assert "***" in line, line
+    found = [line for line in leaked[0].splitlines() if line.startswith("found in ancestors")]
+    for name in ("GITHUB_TOKEN", "KFM_API_TOKEN"):
+        if found and name in found[0]:  # reachable without isolation: then it must be masked
+            lines = [x for x in leaked[0].splitlines() if x.startswith(f"{name} ")]
+            assert lines and all("***" in x for x in lines), lines
     headers = [x["headers"] for s in scenarios for x in s["evidence"].get("http", [])]
     assert any(h.get("x-canary") == "***" for h in headers), headers[:2]
     assert any(h.get("authorization") == "Bearer ***" for h in headers)
