@@ -221,9 +221,7 @@ def judge_prov(doc: Any, output: Path, upstream_url: str) -> list[Finding]:
     )
     used = {text for a in activities for text in _strings(a.get(PROV + "used"))}
     # prov:used may name the upstream directly, or the @id of a node that locates it.
-    described = {
-        text for _, props in nodes if props.get("@id") in used for text in _strings(props)
-    }
+    described = {text for _, props in nodes if props.get("@id") in used for text in _strings(props)}
     used_upstream = upstream_url in used | described
     return [
         required(

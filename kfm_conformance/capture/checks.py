@@ -48,6 +48,7 @@ LINEAGE_RUN_CHECKS = (
     "lineage.schema-facet",
     "lineage.not-modified-no-version",
     "lineage.spec-valid",
+    "lineage.within-limits",
 )
 LINEAGE_ACROSS_RUNS_CHECKS = ("lineage.job-stable",)
 TELEMETRY_CHECKS = (
@@ -58,6 +59,7 @@ TELEMETRY_CHECKS = (
     "telemetry.step-spans",
     "telemetry.http-semconv",
     "telemetry.runid-correlation",
+    "telemetry.within-limits",
 )
 ALL_CHECKS = LINEAGE_RUN_CHECKS + LINEAGE_ACROSS_RUNS_CHECKS + TELEMETRY_CHECKS
 
@@ -254,6 +256,7 @@ def judge_lineage_run(
     schemas: EventValidator | None,
     previous_output_version: str | None = None,
     expected_terminal: str | None = None,
+    over_limits: Sequence[str] = (),
 ) -> list[Finding]:
     """Judge one pipeline run's OpenLineage events (in arrival order).
 
@@ -267,11 +270,13 @@ def judge_lineage_run(
     None to leave ``lineage.spec-valid`` out. ``previous_output_version``: the output's
     ``version`` facet from the last publishing run, so a not-modified run that states another
     version is caught. ``expected_terminal``: the root's terminal event the scenario names
-    (COMPLETE or FAIL); by default the one the exit calls for.
+    (COMPLETE or FAIL); by default the one the exit calls for. ``over_limits``: the run's
+    requests that a cap of the sink refused (each a failure of the pipeline; it comes first).
     """
     events = [e for e in events if isinstance(e, dict)]
     groups = hierarchies(events)
-    findings = [_check_start(events, groups)]
+    findings = _within_limits("lineage.within-limits", "lineage endpoint", over_limits)
+    findings.append(_check_start(events, groups))
     findings.append(_check_terminal(events, groups, exit_ok, expected_terminal))
     if not events:
         return findings
@@ -287,6 +292,24 @@ def judge_lineage_run(
     if schemas is not None:
         findings.extend(_check_spec(events, schemas))
     return findings
+
+
+def _within_limits(check: str, endpoint: str, over_limits: Sequence[str]) -> list[Finding]:
+    """A failed finding when the run broke a cap of the capture endpoint, else none."""
+    if not over_limits:
+        return []
+    return [
+        required(
+            check,
+            False,
+            f"the run sent {len(over_limits)} request(s) beyond the {endpoint}'s limits, which "
+            f"refused them: {over_limits[0]}",
+            expected="every request within the endpoint's limits on size (on the wire and "
+            "decompressed), on the number of requests and on the bytes of a scenario",
+            observed="; ".join(over_limits[:10])
+            + (f"; and {len(over_limits) - 10} more" if len(over_limits) > 10 else ""),
+        )
+    ]
 
 
 def _single(groups: list[RunHierarchy]) -> bool:
@@ -769,6 +792,7 @@ def judge_telemetry_run(
     expected_service_name: str | None = None,
     run_ids: Sequence[str] = (),
     expect_error: bool | None = None,
+    over_limits: Sequence[str] = (),
 ) -> list[Finding]:
     """Judge one run's spans (flattened records, see :func:`otlp.spans_from_otlp_json`).
 
@@ -777,10 +801,12 @@ def judge_telemetry_run(
     hierarchy, any of which a span may carry. ``expected_service_name``: the
     ``OTEL_SERVICE_NAME`` the harness passed, if it should be checked exactly.
     ``expect_error``: whether the scenario names the root status ERROR (True) or not ERROR
-    (False); by default the exit decides.
+    (False); by default the exit decides. ``over_limits``: the run's export requests that a cap
+    of the receiver refused (each a failure of the pipeline; it comes first).
     """
     traces = list(dict.fromkeys(s["trace_id"] for s in spans))
-    findings = [
+    findings = _within_limits("telemetry.within-limits", "OTLP endpoint", over_limits)
+    findings += [
         required(
             "telemetry.trace-exported",
             bool(spans),

@@ -170,6 +170,16 @@ class RunCapture:
         return list(dict.fromkeys(i for e in self.events if (i := run_id_of(e)) is not None))
 
     @property
+    def lineage_over_limits(self) -> list[str]:
+        """The lineage requests of this run that a cap of the sink refused (413)."""
+        return [f"request {r.seq}: {r.limit}" for r in self.lineage_records if r.limit]
+
+    @property
+    def otlp_over_limits(self) -> list[str]:
+        """The OTLP export requests of this run that a cap of the receiver refused (413)."""
+        return [f"{r.signal} request {r.seq}: {r.limit}" for r in self.otlp_records if r.limit]
+
+    @property
     def root_run_id(self) -> str | None:
         """The run id of the root of the run's (first) OpenLineage run hierarchy."""
         groups = hierarchies(self.events)
@@ -185,6 +195,8 @@ class RunCapture:
             "lineage_events": [str(e.get("eventType")) for e in self.events],
             "lineage_run_ids": self.run_ids,
             "lineage_refused": len(refused),
+            "lineage_over_limits": self.lineage_over_limits,
+            "otlp_over_limits": self.otlp_over_limits,
             "spans": [s["name"] for s in spans],
             "otlp_requests": {
                 signal: len(self.documents(signal)) for signal in ("traces", "metrics", "logs")
@@ -234,7 +246,10 @@ class CaptureObserver:
 
     # -- RunObserver ---------------------------------------------------------------------------
     def before_run(self, context: ScenarioContext, label: str | None) -> None:
+        # Requests are charged to the scenario only while one of its runs is going on: what
+        # arrives then is the pipeline's doing, caps it breaks included.
         self.services.lineage.set_scenario(self.scenario_id)
+        self.services.otlp.set_scenario(self.scenario_id)
         self._marks = (self.services.lineage.mark(), self.services.otlp.mark())
         if self.services.collector is not None:
             self._tap_mark = self.services.collector.mark()
@@ -246,6 +261,7 @@ class CaptureObserver:
         self._marks = None
         lineage_until, otlp_until = self.services.lineage.mark(), self.services.otlp.mark()
         self.services.lineage.set_scenario(None)
+        self.services.otlp.set_scenario(None)
         output = context.profile.output
         capture = RunCapture(
             label=result.label,

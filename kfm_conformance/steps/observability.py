@@ -63,6 +63,7 @@ def _lineage_findings(
         if previous is not None
         else None,
         expected_terminal=expected_terminal,
+        over_limits=run.lineage_over_limits,
     )
 
 
@@ -92,6 +93,8 @@ def _apply(
 def _apply_lineage(
     kfm: ScenarioContext, findings: Sequence[Finding], *checks: str, step: str
 ) -> None:
+    # A request the sink refused for breaking a cap fails every lineage step of the run.
+    checks = ("lineage.within-limits", *checks)
     _apply(kfm, findings, checks, fallback=("lineage.start-event",), step=step)
 
 
@@ -102,12 +105,14 @@ def _telemetry_findings(run: RunCapture, *, expect_error: bool | None = None) ->
         run_id=run.root_run_id,
         run_ids=run.run_ids,
         expect_error=expect_error,
+        over_limits=run.otlp_over_limits,
     )
 
 
 def _apply_telemetry(
     kfm: ScenarioContext, findings: Sequence[Finding], *checks: str, step: str
 ) -> None:
+    checks = ("telemetry.within-limits", *checks)
     _apply(kfm, findings, checks, fallback=("telemetry.trace-exported",), step=step)
 
 
