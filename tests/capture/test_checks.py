@@ -277,9 +277,7 @@ def test_good_telemetry_passes_every_check() -> None:
         judge_telemetry_run(make_spans(fail=True), exit_ok=False, run_id="RUN", expect_error=True)
     )
     # Any run id of the run's hierarchy correlates.
-    _all_ok(
-        judge_telemetry_run(make_spans(), exit_ok=True, run_id="ROOT", run_ids=["TASK", "RUN"])
-    )
+    _all_ok(judge_telemetry_run(make_spans(), exit_ok=True, run_id="ROOT", run_ids=["TASK", "RUN"]))
 
 
 def test_without_schemas_spec_check_is_left_out(parquet_columns: list[tuple[str, str]]) -> None:
