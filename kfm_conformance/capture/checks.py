@@ -11,11 +11,16 @@ Every finding says, in words a non-coder can read, what was ``expected`` and wha
 Lineage (per run): ``lineage.start-event``, ``lineage.terminal-event``, ``lineage.run-id``,
 ``lineage.event-time-order``, ``lineage.inputs``, ``lineage.outputs``,
 ``lineage.schema-facet`` (recommended), ``lineage.not-modified-no-version``,
-``lineage.spec-valid`` (only when a schema cache is given); across runs: ``lineage.job-stable``.
+``lineage.spec-valid`` (against the JSON Schema cache when given, else openlineage-python's
+model), ``lineage.within-limits`` (only when a cap of the sink refused a request); across runs:
+``lineage.job-stable``. A run's events may form a run hierarchy (a root run and runs that name
+it in their ParentRunFacet, as Airflow's provider sends): START and terminal events are judged
+per OpenLineage run id, the outcome by the root's terminal event, job stability per job name.
 
 Telemetry (per run): ``telemetry.trace-exported``, ``telemetry.root-span``,
 ``telemetry.root-status``, ``telemetry.service-name``, and, recommended,
-``telemetry.step-spans``, ``telemetry.http-semconv``, ``telemetry.runid-correlation``.
+``telemetry.step-spans``, ``telemetry.http-semconv``, ``telemetry.runid-correlation``; and
+``telemetry.within-limits`` (only when a cap of the receiver refused a request).
 """
 
 from __future__ import annotations
