@@ -89,14 +89,11 @@ def test_observed_pipeline_is_certified_strictly_on_lineage_and_telemetry(tmp_pa
     assert all(HEX_TRACE_ID.match(s["traceId"]) for s in spans)
 
 
-def test_airflow_shaped_lineage_is_certified_without_a_schema_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The Airflow OpenLineage provider's default shape (task runs beneath a DAG run that sends
-    no START) is certified on lineage, validated against openlineage-python's model: nothing
-    outside the installed packages is needed."""
-    monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
-    profile = fixture_profile(tmp_path, "airflow_shaped_lineage.py", base="observed_profile.toml")
+def _certify_lineage_without_schemas(
+    tmp_path: Path, script: str
+) -> tuple[int, str, dict[str, Any]]:
+    """Certify a fixture on lineage with no schema option: (exit code, stderr, report)."""
+    profile = fixture_profile(tmp_path, script, base="observed_profile.toml")
     report_dir = tmp_path / "report"
     code, _out, err = certify(
         "certify",
@@ -109,7 +106,17 @@ def test_airflow_shaped_lineage_is_certified_without_a_schema_cache(
         "-j",
         "2",
     )
-    report = load_report(report_dir)
+    return code, err, load_report(report_dir)
+
+
+def test_airflow_shaped_lineage_is_certified_without_a_schema_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Airflow OpenLineage provider's default shape (task runs beneath a DAG run that sends
+    no START) is certified on lineage, validated against openlineage-python's model: nothing
+    outside the installed packages is needed."""
+    monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
+    code, err, report = _certify_lineage_without_schemas(tmp_path, "airflow_shaped_lineage.py")
     scenarios = guarantee_row(report, "lineage")["scenarios"]
     not_passed = [
         (s["check_id"], s["verdict"], s["message"]) for s in scenarios if s["verdict"] != "pass"
@@ -131,20 +138,7 @@ def test_an_invalid_event_is_refused_without_a_schema_cache(
     """fixtures/invalid_lineage_event.py (rowCount as a string) fails the spec scenario under
     the default validator too, not only under --openlineage-schemas (tests/test_known_bad.py)."""
     monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
-    profile = fixture_profile(tmp_path, "invalid_lineage_event.py", base="observed_profile.toml")
-    report_dir = tmp_path / "report"
-    code, _out, err = certify(
-        "certify",
-        "--profile",
-        str(profile),
-        "--report-dir",
-        str(report_dir),
-        "--only",
-        "lineage",
-        "-j",
-        "2",
-    )
-    report = load_report(report_dir)
+    code, err, report = _certify_lineage_without_schemas(tmp_path, "invalid_lineage_event.py")
     verdicts = {s["check_id"]: s for s in guarantee_row(report, "lineage")["scenarios"]}
     spec = verdicts["lineage/every-event-the-pipeline-sends-follows-the-openlineage-specification"]
     assert code == 1 and report["verdict"] == "not-certified", err[-2000:]
