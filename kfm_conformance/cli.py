@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kfm_conformance import __version__, channel, guarantees, isolation
+from kfm_conformance.capture.olmodel import model_provenance
 from kfm_conformance.capture.olschema import cache_provenance
 from kfm_conformance.capture.session import schema_location
 from kfm_conformance.features import inventory_digest
@@ -203,11 +204,12 @@ def pytest_argv(
 
 
 def schema_cache_provenance(option: str | None) -> dict[str, Any]:
-    """Which OpenLineage schema cache the run validates against: where it was named, how many
-    files, a digest of them and the core spec versions; never its path on this machine."""
+    """Which OpenLineage validator the run uses and its version: the model of openlineage-python
+    by default; with a schema cache, where it was named, how many files, a digest of them and
+    the core spec versions; never its path on this machine."""
     path, source = schema_location(option)
     if path is None:
-        return {"given_by": None, "note": "no cache given: lineage spec validation is an error"}
+        return {"given_by": None, **model_provenance()}
     if not path.is_dir():
         named_by = "--openlineage-schemas" if source == "option" else source
         raise ConfigurationError(f"{named_by}: OpenLineage schema cache is not a directory: {path}")

@@ -1,5 +1,6 @@
-"""Lineage and telemetry: a conventionally written pipeline is certified unchanged, a missing
-schema cache is an error of one step only, and a dead capture sink cannot hang a run."""
+"""Lineage and telemetry: a conventionally written pipeline is certified unchanged, lineage is
+validated out of the box (openlineage-python's model) and across a run hierarchy, and a dead
+capture sink cannot hang a run."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, certify, guarantee_row, load_report, openlineage_spec
+from conftest import (
+    FIXTURES,
+    certify,
+    fixture_profile,
+    guarantee_row,
+    load_report,
+    openlineage_spec,
+)
 
 from kfm_conformance.capture.olschema import OpenLineageSchemas
-from kfm_conformance.capture.session import NO_SCHEMA_CACHE, CaptureServices
+from kfm_conformance.capture.session import CaptureServices
 from kfm_conformance.features import FEATURES_DIR
 from kfm_conformance.report.writers import validate_report
 
@@ -81,15 +89,16 @@ def test_observed_pipeline_is_certified_strictly_on_lineage_and_telemetry(tmp_pa
     assert all(HEX_TRACE_ID.match(s["traceId"]) for s in spans)
 
 
-def test_without_a_schema_cache_only_the_validating_scenario_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
+def _certify_lineage_without_schemas(
+    tmp_path: Path, script: str
+) -> tuple[int, str, dict[str, Any]]:
+    """Certify a fixture on lineage with no schema option: (exit code, stderr, report)."""
+    profile = fixture_profile(tmp_path, script, base="observed_profile.toml")
     report_dir = tmp_path / "report"
-    code, out, err = certify(
+    code, _out, err = certify(
         "certify",
         "--profile",
-        str(OBSERVED_PROFILE),
+        str(profile),
         "--report-dir",
         str(report_dir),
         "--only",
@@ -97,16 +106,46 @@ def test_without_a_schema_cache_only_the_validating_scenario_is_an_error(
         "-j",
         "2",
     )
-    report = load_report(report_dir)
-    assert code == 1, (out, err[-2000:])
-    verdicts = {s["check_id"]: s for s in guarantee_row(report, "lineage")["scenarios"]}
-    errors = [c for c, s in verdicts.items() if s["verdict"] == "error"]
-    assert errors == [
-        "lineage/every-event-the-pipeline-sends-follows-the-openlineage-specification"
+    return code, err, load_report(report_dir)
+
+
+def test_airflow_shaped_lineage_is_certified_without_a_schema_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Airflow OpenLineage provider's default shape (task runs beneath a DAG run that sends
+    no START) is certified on lineage, validated against openlineage-python's model: nothing
+    outside the installed packages is needed."""
+    monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
+    code, err, report = _certify_lineage_without_schemas(tmp_path, "airflow_shaped_lineage.py")
+    scenarios = guarantee_row(report, "lineage")["scenarios"]
+    not_passed = [
+        (s["check_id"], s["verdict"], s["message"]) for s in scenarios if s["verdict"] != "pass"
     ]
-    assert NO_SCHEMA_CACHE in verdicts[errors[0]]["message"]
-    assert all(s["verdict"] == "pass" for c, s in verdicts.items() if c not in errors)
-    assert report["provenance"]["openlineage_schemas"]["given_by"] is None
+    assert code == 0 and not not_passed, (not_passed, err[-2000:])
+    provenance = report["provenance"]["openlineage_schemas"]
+    assert provenance["given_by"] is None
+    assert provenance["validator"] == "openlineage-python" and provenance["version"]
+    publishing = next(
+        s for s in scenarios if s["check_id"].endswith("names-its-upstream-and-its-output")
+    )
+    start = next(f for f in publishing["findings"] if f["check"] == "lineage.start-event")
+    assert "sent no START; accepted" in start["message"]
+
+
+def test_an_invalid_event_is_refused_without_a_schema_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fixtures/invalid_lineage_event.py (rowCount as a string) fails the spec scenario under
+    the default validator too, not only under --openlineage-schemas (tests/test_known_bad.py)."""
+    monkeypatch.delenv("KFM_OPENLINEAGE_SCHEMAS", raising=False)
+    code, err, report = _certify_lineage_without_schemas(tmp_path, "invalid_lineage_event.py")
+    verdicts = {s["check_id"]: s for s in guarantee_row(report, "lineage")["scenarios"]}
+    spec = verdicts["lineage/every-event-the-pipeline-sends-follows-the-openlineage-specification"]
+    assert code == 1 and report["verdict"] == "not-certified", err[-2000:]
+    assert spec["verdict"] == "fail", spec["message"]
+    assert "outputStatistics.rowCount" in spec["message"]
+    assert "error" not in {s["verdict"] for s in verdicts.values()}
+    assert report["provenance"]["openlineage_schemas"]["validator"] == "openlineage-python"
 
 
 DOWN_CONFTEST = """

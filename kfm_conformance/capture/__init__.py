@@ -2,7 +2,9 @@
 
 - :class:`LineageSink`: the embedded ``POST /api/v1/lineage`` endpoint (``OPENLINEAGE_URL``).
 - :class:`OTLPReceiver`: the embedded OTLP/HTTP receiver (``OTEL_EXPORTER_OTLP_ENDPOINT``).
+- :class:`OpenLineageModel`: validation against openlineage-python's model (the default).
 - :class:`OpenLineageSchemas`: offline validation against the official OpenLineage schemas.
+- :func:`hierarchies`: a run's OpenLineage runs grouped by the root of their hierarchy.
 - :func:`match`: a strict expected-vs-actual matcher for JSON documents.
 - :mod:`kfm_conformance.capture.checks`: the ``lineage.*`` and ``telemetry.*`` checks.
 
@@ -17,7 +19,8 @@ from kfm_conformance.capture.checks import (
     judge_telemetry_run,
     output_version,
 )
-from kfm_conformance.capture.httpsink import CaptureServer, FaultMode
+from kfm_conformance.capture.hierarchy import LineageRun, RunHierarchy, hierarchies
+from kfm_conformance.capture.httpsink import CaptureServer, FaultMode, Limits
 from kfm_conformance.capture.lineage import (
     LineageRecord,
     LineageSink,
@@ -26,6 +29,7 @@ from kfm_conformance.capture.lineage import (
     runs_of_scenario,
 )
 from kfm_conformance.capture.matcher import ANY, Mismatch, match
+from kfm_conformance.capture.olmodel import OpenLineageModel
 from kfm_conformance.capture.olschema import OpenLineageSchemas
 from kfm_conformance.capture.otlp import OTLPReceiver, SpanRecord, spans_from_otlp_json
 
@@ -34,14 +38,19 @@ __all__ = [
     "ANY",
     "CaptureServer",
     "FaultMode",
+    "Limits",
     "LineageRecord",
+    "LineageRun",
     "LineageSink",
     "Mismatch",
     "OTLPReceiver",
+    "OpenLineageModel",
     "OpenLineageSchemas",
+    "RunHierarchy",
     "SpanRecord",
     "events_by_run",
     "events_by_scenario",
+    "hierarchies",
     "judge_lineage_across_runs",
     "judge_lineage_run",
     "judge_telemetry_run",

@@ -11,11 +11,16 @@ Every finding says, in words a non-coder can read, what was ``expected`` and wha
 Lineage (per run): ``lineage.start-event``, ``lineage.terminal-event``, ``lineage.run-id``,
 ``lineage.event-time-order``, ``lineage.inputs``, ``lineage.outputs``,
 ``lineage.schema-facet`` (recommended), ``lineage.not-modified-no-version``,
-``lineage.spec-valid`` (only when a schema cache is given); across runs: ``lineage.job-stable``.
+``lineage.spec-valid`` (against the JSON Schema cache when given, else openlineage-python's
+model), ``lineage.within-limits`` (only when a cap of the sink refused a request); across runs:
+``lineage.job-stable``. A run's events may form a run hierarchy (a root run and runs that name
+it in their ParentRunFacet, as Airflow's provider sends): START and terminal events are judged
+per OpenLineage run id, the outcome by the root's terminal event, job stability per job name.
 
 Telemetry (per run): ``telemetry.trace-exported``, ``telemetry.root-span``,
 ``telemetry.root-status``, ``telemetry.service-name``, and, recommended,
-``telemetry.step-spans``, ``telemetry.http-semconv``, ``telemetry.runid-correlation``.
+``telemetry.step-spans``, ``telemetry.http-semconv``, ``telemetry.runid-correlation``; and
+``telemetry.within-limits`` (only when a cap of the receiver refused a request).
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from kfm_conformance.capture.hierarchy import (
+    TERMINAL_TYPES,
+    LineageRun,
+    RunHierarchy,
+    hierarchies,
+)
 from kfm_conformance.verdict import Finding, recommended, required
 
 if TYPE_CHECKING:
-    from kfm_conformance.capture.olschema import OpenLineageSchemas
     from kfm_conformance.capture.otlp import SpanRecord
 
 LINEAGE_RUN_CHECKS = (
@@ -43,6 +53,7 @@ LINEAGE_RUN_CHECKS = (
     "lineage.schema-facet",
     "lineage.not-modified-no-version",
     "lineage.spec-valid",
+    "lineage.within-limits",
 )
 LINEAGE_ACROSS_RUNS_CHECKS = ("lineage.job-stable",)
 TELEMETRY_CHECKS = (
@@ -53,10 +64,10 @@ TELEMETRY_CHECKS = (
     "telemetry.step-spans",
     "telemetry.http-semconv",
     "telemetry.runid-correlation",
+    "telemetry.within-limits",
 )
 ALL_CHECKS = LINEAGE_RUN_CHECKS + LINEAGE_ACROSS_RUNS_CHECKS + TELEMETRY_CHECKS
 
-TERMINAL_TYPES = ("COMPLETE", "FAIL", "ABORT")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21}
 _WRITE_STATES = {"CREATE", "OVERWRITE", "ALTER", "TRUNCATE"}
@@ -231,6 +242,14 @@ def types_compatible(parquet_type: str, facet_type: Any) -> bool:
 # -- lineage per run -----------------------------------------------------------------------
 
 
+class EventValidator(Protocol):
+    """Validates one OpenLineage event: the JSON Schema cache, or the model (the default)."""
+
+    def check(self, event: dict[str, Any]) -> tuple[list[Finding], list[str]]: ...
+
+    def describe(self) -> str: ...
+
+
 def judge_lineage_run(
     events: Sequence[dict[str, Any]],
     *,
@@ -239,24 +258,35 @@ def judge_lineage_run(
     upstream_url: str,
     output_relpath: str,
     parquet_columns: list[tuple[str, str]] | None,
-    schemas: OpenLineageSchemas | None,
+    schemas: EventValidator | None,
     previous_output_version: str | None = None,
+    expected_terminal: str | None = None,
+    over_limits: Sequence[str] = (),
 ) -> list[Finding]:
-    """Judge one run's OpenLineage events (in arrival order).
+    """Judge one pipeline run's OpenLineage events (in arrival order).
+
+    The events may be one OpenLineage run, or a run hierarchy (a root run and the runs that
+    name it as parent, see :mod:`~kfm_conformance.capture.hierarchy`): START and terminal
+    events are judged per run id, the outcome by the root run's terminal event.
 
     ``exit_ok``: the pipeline exited with success. ``published``: it wrote a new output (False
     on a not-modified run). ``parquet_columns``: (name, Arrow type) of the written Parquet file,
-    or None when unknown. ``schemas``: the schema cache, or None to leave ``lineage.spec-valid``
-    out. ``previous_output_version``: the output's ``version`` facet from the last publishing
-    run, so a not-modified run that states another version is caught.
+    or None when unknown. ``schemas``: the validator (the JSON Schema cache or the model), or
+    None to leave ``lineage.spec-valid`` out. ``previous_output_version``: the output's
+    ``version`` facet from the last publishing run, so a not-modified run that states another
+    version is caught. ``expected_terminal``: the root's terminal event the scenario names
+    (COMPLETE or FAIL); by default the one the exit calls for. ``over_limits``: the run's
+    requests that a cap of the sink refused (each a failure of the pipeline; it comes first).
     """
     events = [e for e in events if isinstance(e, dict)]
-    findings = [_check_start(events)]
-    findings.append(_check_terminal(events, exit_ok))
+    groups = hierarchies(events)
+    findings = _within_limits("lineage.within-limits", "lineage endpoint", over_limits)
+    findings.append(_check_start(events, groups))
+    findings.append(_check_terminal(events, groups, exit_ok, expected_terminal))
     if not events:
         return findings
-    findings.append(_check_run_id(events))
-    findings.append(_check_time_order(events))
+    findings.append(_check_run_id(events, groups))
+    findings.append(_check_time_order(events, groups))
     findings.append(_check_inputs(events, upstream_url))
     if published:
         findings.append(_check_outputs(events, output_relpath))
@@ -269,93 +299,257 @@ def judge_lineage_run(
     return findings
 
 
-def _check_start(events: list[dict[str, Any]]) -> Finding:
-    starts = [i for i, e in enumerate(events) if e.get("eventType") == "START"]
+def _within_limits(check: str, endpoint: str, over_limits: Sequence[str]) -> list[Finding]:
+    """A failed finding when the run broke a cap of the capture endpoint, else none."""
+    if not over_limits:
+        return []
+    return [
+        required(
+            check,
+            False,
+            f"the run sent {len(over_limits)} request(s) beyond the {endpoint}'s limits, which "
+            f"refused them: {over_limits[0]}",
+            expected="every request within the endpoint's limits on size (on the wire and "
+            "decompressed), on the number of requests and on the bytes of a scenario",
+            observed="; ".join(over_limits[:10])
+            + (f"; and {len(over_limits) - 10} more" if len(over_limits) > 10 else ""),
+        )
+    ]
+
+
+def _single(groups: list[RunHierarchy]) -> bool:
+    """One OpenLineage run and nothing else: the plain case, described in plain words."""
+    return len(groups) == 1 and len(groups[0].runs) == 1
+
+
+def _hierarchy_sequence(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> str:
+    if not groups or _single(groups):
+        return f"events in the order received: {_sequence(events)}"
+    parts = []
+    for group in groups:
+        root = group.root
+        if root is None:
+            parts.append(f"root {group.root_label}")
+        for run in group.runs:
+            where = "root " if run is root else "beneath the root: "
+            parts.append(f"{where}{run.label()}: {_sequence(run.events)}")
+    return "; ".join(parts)
+
+
+def _missing_root_start_accepted(group: RunHierarchy, run: LineageRun) -> bool:
+    """A root run with runs beneath it may lack a START: a producer that creates the root
+    already running (Airflow's ``dag.test()``) cannot send one."""
+    return run is group.root and bool(group.children(run))
+
+
+def _check_start(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> Finding:
+    problems: list[str] = []
+    accepted: list[str] = []
+    single = _single(groups)
     if not events:
-        problem = "no OpenLineage event arrived for this run"
-    elif not starts:
-        problem = "the run sent no START event"
-    elif len(starts) > 1:
-        problem = f"the run sent {len(starts)} START events"
-    elif starts[0] != 0:
-        problem = "the START event was not the first event of the run"
+        problems.append("no OpenLineage event arrived for this run")
+    elif not groups:
+        problems.append("no event of the run carries a run id")
+    for group in groups:
+        for run in group.runs:
+            who = "the run" if single else run.label()
+            starts = [i for i, kind in enumerate(run.kinds) if kind == "START"]
+            if not starts:
+                if _missing_root_start_accepted(group, run):
+                    accepted.append(
+                        f"the root {run.label()} sent no START; accepted, as a producer that "
+                        "creates its root run already running (Airflow's dag.test()) cannot "
+                        f"send one, and the {len(group.children(run))} run(s) beneath it opened "
+                        "with their own START"
+                    )
+                else:
+                    problems.append(f"{who} sent no START event")
+            elif len(starts) > 1:
+                problems.append(f"{who} sent {len(starts)} START events")
+            elif starts[0] != 0:
+                problems.append(f"the START event was not the first event of {who}")
+    problem = "; ".join(problems)
+    if problem:
+        message = problem
+    elif single:
+        message = "the run began with one START event"
     else:
-        problem = ""
+        message = "every OpenLineage run of the run began with one START event"
+    if accepted and not problem:
+        message += " (" + "; ".join(accepted) + ")"
     return required(
         "lineage.start-event",
         not problem,
-        problem or "the run began with one START event",
-        expected="exactly one START event, sent before any other event of the run",
-        observed=f"events in the order received: {_sequence(events)}",
+        message,
+        expected="exactly one START event per OpenLineage run, sent before any other event of "
+        "that run (a root run with runs beneath it may lack one)",
+        observed=_hierarchy_sequence(events, groups)
+        + ("; " + "; ".join(accepted) if accepted else ""),
     )
 
 
-def _check_terminal(events: list[dict[str, Any]], exit_ok: bool) -> Finding:
-    want = "COMPLETE" if exit_ok else "FAIL"
+def _latest_per_job(runs: list[LineageRun]) -> dict[str, LineageRun]:
+    """The last run (in arrival order) of each job: a retried task's last try."""
+    latest: dict[str, LineageRun] = {}
+    for run in runs:
+        latest[run.job] = run
+    return latest
+
+
+def _check_terminal(
+    events: list[dict[str, Any]],
+    groups: list[RunHierarchy],
+    exit_ok: bool,
+    expected_terminal: str | None,
+) -> Finding:
+    want = expected_terminal or ("COMPLETE" if exit_ok else "FAIL")
     outcome = "succeeded" if exit_ok else "failed (non-zero exit code)"
-    terminals = [
-        (i, _event_type(e)) for i, e in enumerate(events) if e.get("eventType") in TERMINAL_TYPES
-    ]
-    starts = [i for i, e in enumerate(events) if e.get("eventType") == "START"]
-    problem = ""
-    if not terminals:
-        problem = "the run never sent a terminal event (COMPLETE, FAIL or ABORT)"
-    elif len(terminals) > 1:
-        kinds = ", ".join(t for _, t in terminals)
-        problem = f"the run sent {len(terminals)} terminal events ({kinds}); exactly one is allowed"
-    elif terminals[0][1] != want:
-        problem = f"the run {outcome} but its terminal event is {terminals[0][1]}"
-    elif starts and terminals[0][0] < starts[0]:
-        problem = "the terminal event came before the START event"
+    single = _single(groups)
+    problems: list[str] = []
+    if expected_terminal is not None and expected_terminal != ("COMPLETE" if exit_ok else "FAIL"):
+        problems.append(f"the run {outcome}, so it cannot close with {expected_terminal}")
+    if not events:
+        problems.append("the run never sent a terminal event (COMPLETE, FAIL or ABORT)")
+    for group in groups:
+        for run in group.runs:
+            who = "the run" if single else run.label()
+            terminals = [(i, k) for i, k in enumerate(run.kinds) if k in TERMINAL_TYPES]
+            starts = [i for i, k in enumerate(run.kinds) if k == "START"]
+            if not terminals:
+                problems.append(f"{who} never sent a terminal event (COMPLETE, FAIL or ABORT)")
+            elif len(terminals) > 1:
+                kinds = ", ".join(k for _, k in terminals)
+                problems.append(
+                    f"{who} sent {len(terminals)} terminal events ({kinds}); exactly one is allowed"
+                )
+            elif starts and terminals[0][0] < starts[0]:
+                problems.append(f"the terminal event of {who} came before its START event")
+        problems.extend(_outcome_problems(group, want, outcome, single))
+    problem = "; ".join(dict.fromkeys(problems))
+    if single:
+        ok_message = f"the run {outcome} and ended with exactly one {want} event"
+    else:
+        ok_message = (
+            f"the run {outcome}; its root run ended with {want} and every OpenLineage run "
+            "of it with exactly one terminal event that fits"
+        )
     return required(
         "lineage.terminal-event",
         not problem,
-        problem or f"the run {outcome} and ended with exactly one {want} event",
-        expected=f"exactly one terminal event, {want}, after START, since the run {outcome}",
-        observed=f"events in the order received: {_sequence(events)}",
+        problem or ok_message,
+        expected=f"exactly one terminal event per OpenLineage run, after its START; the root "
+        f"run's is {want}, since the run {outcome}, and the runs beneath it agree",
+        observed=_hierarchy_sequence(events, groups),
     )
 
 
-def _check_run_id(events: list[dict[str, Any]]) -> Finding:
+def _outcome_problems(group: RunHierarchy, want: str, outcome: str, single: bool) -> list[str]:
+    """The root's terminal must be ``want``; the runs beneath it must not contradict it."""
+    problems: list[str] = []
+    root = group.root
+    below = group.below_root
+    if root is not None:
+        terminal = root.terminal
+        if terminal is not None and terminal != want:
+            if single:
+                problems.append(f"the run {outcome} but its terminal event is {terminal}")
+            else:
+                problems.append(
+                    f"the run {outcome} but the root {root.label()} ended with {terminal}"
+                )
+    latest = _latest_per_job(below)
+    if not below:
+        return problems
+    if want == "COMPLETE":
+        for job, run in latest.items():
+            if run.terminal is not None and run.terminal != "COMPLETE":
+                problems.append(
+                    f"the run {outcome}, but {run.label()} ended with {run.terminal} and no later "
+                    f"run of the job {job} completed"
+                )
+    else:
+        ended = [r.terminal for r in below if r.terminal is not None]
+        if ended and all(t == "COMPLETE" for t in ended):
+            problems.append(
+                f"the run {outcome}, but every run beneath the root "
+                f"({', '.join(r.label() for r in below)}) ended with COMPLETE: the lineage "
+                "does not show what failed"
+            )
+    return problems
+
+
+def _check_run_id(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> Finding:
     ids = [_run_id(e) for e in events]
     distinct = list(dict.fromkeys(str(i) for i in ids))
     bad = [i for i in ids if not isinstance(i, str) or not _UUID.match(i)]
     if bad:
         problem = f"run id {bad[0]!r} is not a UUID"
-    elif len(distinct) > 1:
+    elif len(groups) > 1 and all(len(g.runs) == 1 for g in groups):
         problem = f"the run's events carry {len(distinct)} different run ids"
+    elif len(groups) > 1:
+        problem = (
+            f"the run's events form {len(groups)} separate run hierarchies that no "
+            "ParentRunFacet links (roots: " + ", ".join(g.root_label for g in groups) + ")"
+        )
     else:
         problem = ""
+    if _single(groups) or not groups:
+        ok_message = "every event carries the same UUID run id"
+        shape = ""
+    else:
+        group = groups[0]
+        ok_message = (
+            f"every event carries a UUID run id, and the {len(group.runs)} OpenLineage runs "
+            f"form one hierarchy under the root {group.root_label}"
+        )
+        shape = "; hierarchy: " + "; ".join(
+            f"{r.label()}" + (f" beneath {r.parent_id}" if r.parent_id else " (root)")
+            for g in groups
+            for r in g.runs
+        )
     return required(
         "lineage.run-id",
         not problem,
-        problem or "every event carries the same UUID run id",
-        expected="one run id, a UUID (like 0190d3a2-6c4e-7b8f-9a1b-2c3d4e5f6a7b), on every event",
-        observed="run ids seen: " + ", ".join(distinct),
+        problem or ok_message,
+        expected="a UUID run id (like 0190d3a2-6c4e-7b8f-9a1b-2c3d4e5f6a7b) on every event; "
+        "one run id for the run, or one root run with runs that name it as parent",
+        observed="run ids seen: " + ", ".join(distinct) + shape,
     )
 
 
-def _check_time_order(events: list[dict[str, Any]]) -> Finding:
-    times = [e.get("eventTime") for e in events]
-    parsed = [_parse_time(t) for t in times]
+def _check_time_order(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> Finding:
     problem = ""
-    for index, (raw, when) in enumerate(zip(times, parsed, strict=True)):
-        if when is None:
+    for index, event in enumerate(events):
+        raw = event.get("eventTime")
+        if _parse_time(raw) is None:
             problem = f"event {index + 1} has an eventTime that is not a date-time: {raw!r}"
             break
-        previous = parsed[index - 1] if index else None
-        if previous is not None and when < previous:
-            problem = (
-                f"event {index + 1} ({_event_type(events[index])}) is dated {raw}, earlier than "
-                f"the event sent before it ({times[index - 1]})"
-            )
+    single = _single(groups)
+    for group in groups if not problem else []:
+        for run in group.runs:
+            times = [e.get("eventTime") for e in run.events]
+            parsed = [_parse_time(t) for t in times]
+            for index in range(1, len(parsed)):
+                previous, when = parsed[index - 1], parsed[index]
+                if previous is not None and when is not None and when < previous:
+                    who = "" if single else f" of {run.label()}"
+                    problem = (
+                        f"event {index + 1}{who} ({_event_type(run.events[index])}) is dated "
+                        f"{times[index]}, earlier than the event sent before it "
+                        f"({times[index - 1]})"
+                    )
+                    break
+            if problem:
+                break
+        if problem:
             break
-    observed = ", ".join(f"{_event_type(e)} at {t}" for e, t in zip(events, times, strict=True))
+    observed = ", ".join(f"{_event_type(e)} at {e.get('eventTime')}" for e in events)
     return required(
         "lineage.event-time-order",
         not problem,
         problem or "event times never go backwards",
-        expected="each event's eventTime is the same as or later than the one sent before it",
+        expected="each event's eventTime is the same as or later than the one its OpenLineage "
+        "run sent before it",
         observed=observed,
     )
 
@@ -503,12 +697,15 @@ def _check_not_modified(events: list[dict[str, Any]], previous_version: str | No
     )
 
 
-def _check_spec(events: list[dict[str, Any]], schemas: OpenLineageSchemas) -> list[Finding]:
+def _check_spec(events: list[dict[str, Any]], validator: EventValidator) -> list[Finding]:
     findings: list[Finding] = []
     versions: list[str] = []
+    notes: list[str] = []
     for index, event in enumerate(events):
         versions.append(str(event.get("schemaURL")))
-        for finding in schemas.validate(event):
+        problems, event_notes = validator.check(event)
+        notes.extend(f"event {index + 1}: {note}" for note in event_notes)
+        for finding in problems:
             findings.append(
                 dataclasses.replace(
                     finding, message=f"event {index + 1} ({_event_type(event)}): {finding.message}"
@@ -516,13 +713,16 @@ def _check_spec(events: list[dict[str, Any]], schemas: OpenLineageSchemas) -> li
             )
     if findings:
         return findings
+    observed = "schemas named: " + ", ".join(dict.fromkeys(versions))
+    if notes:
+        observed += "; checked in part: " + "; ".join(notes)
     return [
         required(
             "lineage.spec-valid",
             True,
             f"all {len(events)} events follow the OpenLineage spec",
-            expected="every event and facet valid against the official OpenLineage JSON Schema",
-            observed="schemas named: " + ", ".join(dict.fromkeys(versions)),
+            expected=f"every event and facet valid against {validator.describe()}",
+            observed=observed,
         )
     ]
 
@@ -530,32 +730,58 @@ def _check_spec(events: list[dict[str, Any]], schemas: OpenLineageSchemas) -> li
 # -- lineage across runs -------------------------------------------------------------------
 
 
-def _job_of(event: dict[str, Any]) -> str:
-    job = event.get("job")
-    if not isinstance(job, dict):
-        return "(no job)"
-    return f"{job.get('namespace')} / {job.get('name')}"
-
-
 def judge_lineage_across_runs(runs: list[list[dict[str, Any]]]) -> list[Finding]:
-    """``lineage.job-stable``: every event of every run names the same job namespace and name."""
-    per_run = [list(dict.fromkeys(_job_of(e) for e in run)) for run in runs if run]
-    distinct = list(dict.fromkeys(job for jobs in per_run for job in jobs))
-    split = [i + 1 for i, jobs in enumerate(per_run) if len(jobs) > 1]
-    if split:
-        problem = f"run {split[0]} names more than one job: {', '.join(per_run[split[0] - 1])}"
-    elif len(distinct) > 1:
-        problem = f"the runs name {len(distinct)} different jobs"
-    else:
-        problem = ""
-    runs_text = "; ".join(f"run {i + 1}: {', '.join(jobs)}" for i, jobs in enumerate(per_run))
+    """``lineage.job-stable``, over the pipeline runs (each a list of its events).
+
+    Each OpenLineage run names one job; the root of each pipeline run's hierarchy names the
+    same job on every run; and a job name keeps its namespace from run to run.
+    """
+    problems: list[str] = []
+    described: list[str] = []
+    root_jobs: list[str] = []
+    namespaces: dict[str, list[str]] = {}
+    for number, events in enumerate(runs, 1):
+        groups = hierarchies([e for e in events if isinstance(e, dict)])
+        if not groups:
+            continue
+        for group in groups:
+            for run in group.runs:
+                if len(run.jobs) > 1:
+                    problems.append(
+                        f"run {number}: {run.label()} names more than one job: "
+                        + ", ".join(run.jobs)
+                    )
+                for event in run.events:
+                    job = event.get("job")
+                    if isinstance(job, dict):
+                        found = namespaces.setdefault(str(job.get("name")), [])
+                        if str(job.get("namespace")) not in found:
+                            found.append(str(job.get("namespace")))
+        roots = list(dict.fromkeys(g.root_job or "(job unknown)" for g in groups))
+        if len(roots) > 1:
+            problems.append(f"run {number} names more than one job: {', '.join(roots)}")
+        root_jobs.extend(r for r in roots if r not in root_jobs)
+        beneath = list(dict.fromkeys(r.job for g in groups for r in g.below_root))
+        described.append(
+            f"run {number}: {', '.join(roots)}"
+            + (f" (beneath it: {', '.join(beneath)})" if beneath else "")
+        )
+    if not problems and len(root_jobs) > 1:
+        problems.append(f"the runs name {len(root_jobs)} different jobs")
+    for name, found in namespaces.items():
+        if len(found) > 1:
+            problems.append(
+                f"the job {name} appears under {len(found)} namespaces: " + ", ".join(found)
+            )
+    problem = "; ".join(problems)
     return [
         required(
             "lineage.job-stable",
             not problem,
-            problem or f"all {len(per_run)} runs name the same job",
-            expected="the same job namespace and name on every event of every run",
-            observed=runs_text or "no runs",
+            problem or f"all {len(described)} runs name the same job",
+            expected="the same job namespace and name on every run (the root job, where a run "
+            "reports a hierarchy), and one job per OpenLineage run",
+            observed="; ".join(described) or "no runs",
         )
     ]
 
@@ -569,15 +795,23 @@ def judge_telemetry_run(
     exit_ok: bool,
     run_id: str | None,
     expected_service_name: str | None = None,
+    run_ids: Sequence[str] = (),
+    expect_error: bool | None = None,
+    over_limits: Sequence[str] = (),
 ) -> list[Finding]:
     """Judge one run's spans (flattened records, see :func:`otlp.spans_from_otlp_json`).
 
-    ``run_id``: the run's OpenLineage runId, or None to leave ``telemetry.runid-correlation``
-    out. ``expected_service_name``: the ``OTEL_SERVICE_NAME`` the harness passed, if it should
-    be checked exactly.
+    ``run_id``: the run's OpenLineage runId (its root run's, for a hierarchy), or None to
+    leave ``telemetry.runid-correlation`` out; ``run_ids``: the other run ids of the run's
+    hierarchy, any of which a span may carry. ``expected_service_name``: the
+    ``OTEL_SERVICE_NAME`` the harness passed, if it should be checked exactly.
+    ``expect_error``: whether the scenario names the root status ERROR (True) or not ERROR
+    (False); by default the exit decides. ``over_limits``: the run's export requests that a cap
+    of the receiver refused (each a failure of the pipeline; it comes first).
     """
     traces = list(dict.fromkeys(s["trace_id"] for s in spans))
-    findings = [
+    findings = _within_limits("telemetry.within-limits", "OTLP endpoint", over_limits)
+    findings += [
         required(
             "telemetry.trace-exported",
             bool(spans),
@@ -609,16 +843,24 @@ def judge_telemetry_run(
     if roots:
         root = min(roots, key=lambda s: s["start_ns"])
         status = root["status_code"]
-        ok = status == "ERROR" if not exit_ok else status != "ERROR"
+        want_error = (not exit_ok) if expect_error is None else expect_error
+        ok = status == "ERROR" if want_error else status != "ERROR"
         outcome = "failed" if not exit_ok else "succeeded"
+        message = (
+            f"the root span's status fits a run that {outcome}"
+            if ok
+            else f"the run {outcome} but the root span's status is {status}"
+        )
+        if want_error == exit_ok:
+            ok = False
+            wanted = "ERROR" if want_error else "not ERROR"
+            message = f"the run {outcome}, so its root span's status cannot be {wanted}"
         findings.append(
             required(
                 "telemetry.root-status",
                 ok,
-                f"the root span's status fits a run that {outcome}"
-                if ok
-                else f"the run {outcome} but the root span's status is {status}",
-                expected="root span status ERROR" if not exit_ok else "root span status not ERROR",
+                message,
+                expected="root span status ERROR" if want_error else "root span status not ERROR",
                 observed=f"root span {root['name']!r} has status {status}"
                 + (f" ({root['status_message']})" if root["status_message"] else ""),
             )
@@ -640,11 +882,13 @@ def judge_telemetry_run(
     )
     findings.append(_check_http_semconv(spans))
     if run_id is not None:
+        wanted_ids = {run_id, *run_ids}
         holders = [
             f"{s['name']!r} attribute {k}"
             for s in spans
             for k, v in s["attributes"].items()
-            if v == run_id or (isinstance(v, list) and run_id in v)
+            if (isinstance(v, str) and v in wanted_ids)
+            or (isinstance(v, list) and wanted_ids & {x for x in v if isinstance(x, str)})
         ]
         findings.append(
             recommended(

@@ -11,12 +11,19 @@ into a fault mode for robustness tests:
 - ``down``: stop listening and drop every open connection, so new connections are refused;
   leaving the mode listens again on the same port.
 
+Every server is bounded by construction (:class:`Limits`): a request body is read up to a size
+on the wire, decoded by streaming decompression that stops at a size of its own (a 300 MB gzip
+bomb never takes more than that cap in memory), and each scenario (:meth:`CaptureServer.
+set_scenario`) may send a number of requests and a total of decoded bytes. A request over a
+cap is answered ``413`` and handed to the subclass with :attr:`SinkRequest.limit` saying which
+cap, so that it is recorded as evidence; past a bounded number of such records further
+refusals are only counted (:meth:`CaptureServer.limit_counts`).
+
 Subclasses implement :meth:`CaptureServer.handle`; they record what they need themselves.
 """
 
 from __future__ import annotations
 
-import gzip
 import socket
 import threading
 import time
@@ -26,7 +33,41 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 _HOST = "127.0.0.1"
-_MAX_BODY = 64 * 1024 * 1024
+_MIB = 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps of a capture server. The defaults are far above what a pipeline sends."""
+
+    request_bytes: int = 16 * _MIB
+    """A request body as it arrives on the wire (compressed or not)."""
+    decoded_bytes: int = 16 * _MIB
+    """A request body after ``gzip``/``deflate`` decoding."""
+    requests_per_scenario: int = 20_000
+    """Requests (events, export batches) one scenario may send."""
+    bytes_per_scenario: int = 128 * _MIB
+    """Decoded bytes one scenario may send in all."""
+    refusals_recorded: int = 100
+    """Refused requests kept as records per scenario; later ones are only counted."""
+
+
+@dataclass
+class _Budget:
+    requests: int = 0
+    decoded_bytes: int = 0
+    refused: int = 0
+    unrecorded: int = 0
+
+
+class BodyTooLarge(ValueError):
+    """The request body is larger than the cap on the wire."""
+
+    def __init__(self, limit: int, seen: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes on the wire")
+        self.limit = limit
+        self.seen = seen
 
 
 @dataclass(frozen=True)
@@ -57,6 +98,9 @@ class SinkRequest:
     content_type: str
     content_encoding: str | None
     decode_error: str | None = None
+    decoded_size: int = 0
+    limit: str | None = None
+    """Which cap the request broke (it is answered 413 and its body is not kept), or None."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner._serve(self)
 
 
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    """Read a request body given by Content-Length or by chunked transfer encoding."""
+def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
+    """Read a request body given by Content-Length or by chunked transfer encoding, at most
+    ``limit`` bytes (:class:`BodyTooLarge` beyond that: the rest is never read)."""
     if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
         chunks: list[bytes] = []
         total = 0
@@ -134,33 +179,79 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
                     pass
                 break
             total += size
-            if total > _MAX_BODY:
-                raise ValueError("request body too large")
+            if total > limit:
+                raise BodyTooLarge(limit, total)
             chunks.append(handler.rfile.read(size))
             handler.rfile.readline(65537)
         return b"".join(chunks)
     length = int(handler.headers.get("Content-Length") or 0)
-    if length > _MAX_BODY:
-        raise ValueError("request body too large")
+    if length > limit:
+        raise BodyTooLarge(limit, length)
     return handler.rfile.read(length) if length > 0 else b""
 
 
 def decode_body(raw: bytes, content_encoding: str | None) -> tuple[bytes, str | None]:
-    """Undo ``gzip`` or ``deflate`` content encoding; return (body, error or None)."""
+    """Undo ``gzip`` or ``deflate`` content encoding; return (body, error or None).
+
+    Unbounded: for tests and trusted input only. Servers use :func:`decode_body_bounded`.
+    """
+    body, error, _ = decode_body_bounded(raw, content_encoding, limit=None)
+    return body, error
+
+
+def _inflate(raw: bytes, wbits: int, limit: int | None) -> tuple[bytes, bool]:
+    """Stream-decompress ``raw`` (every member, for gzip), stopping past ``limit`` bytes.
+
+    Returns (output, over): ``over`` when the output would exceed ``limit``; the output is then
+    cut to ``limit`` bytes (and no more than ``limit`` + 1 were ever held).
+    """
+    out = bytearray()
+    data = raw
+    while data:
+        inflater = zlib.decompressobj(wbits)
+        position = 0
+        while not inflater.eof:
+            if inflater.unconsumed_tail:
+                chunk = inflater.unconsumed_tail
+            elif position < len(data):
+                chunk = data[position : position + _READ_CHUNK]
+                position += len(chunk)
+            else:
+                raise zlib.error("the compressed stream is truncated")
+            room = limit + 1 - len(out) if limit is not None else 0  # 0: no maximum
+            out += inflater.decompress(chunk, room)
+            if limit is not None and len(out) > limit:
+                return bytes(out[:limit]), True
+        data = inflater.unused_data + data[position:]
+        if not wbits & 16 or not data.strip(b"\0"):
+            break  # deflate is one stream; gzip may have several members (and zero padding)
+    return bytes(out), False
+
+
+def decode_body_bounded(
+    raw: bytes, content_encoding: str | None, *, limit: int | None
+) -> tuple[bytes, str | None, bool]:
+    """Undo ``gzip`` or ``deflate``, decoding at most ``limit`` bytes.
+
+    Returns (body, error or None, over the limit). Over the limit, the body is cut there.
+    """
     encoding = (content_encoding or "").strip().lower()
     try:
         if encoding in ("", "identity"):
-            return raw, None
+            over = limit is not None and len(raw) > limit
+            return (raw[:limit] if over and limit is not None else raw), None, over
         if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(raw), None
+            body, over = _inflate(raw, 16 + zlib.MAX_WBITS, limit)
+            return body, None, over
         if encoding == "deflate":
             try:
-                return zlib.decompress(raw), None
+                body, over = _inflate(raw, zlib.MAX_WBITS, limit)
             except zlib.error:
-                return zlib.decompress(raw, -zlib.MAX_WBITS), None
+                body, over = _inflate(raw, -zlib.MAX_WBITS, limit)
+            return body, None, over
     except (OSError, EOFError, zlib.error) as exc:
-        return raw, f"cannot decode {encoding} body: {exc}"
-    return raw, f"unsupported Content-Encoding {content_encoding!r}"
+        return b"", f"cannot decode {encoding} body: {exc}", False
+    return raw, f"unsupported Content-Encoding {content_encoding!r}", False
 
 
 class CaptureServer:
@@ -168,7 +259,10 @@ class CaptureServer:
 
     name = "capture"
 
-    def __init__(self) -> None:
+    def __init__(self, *, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._scenario: str | None = None
+        self._budgets: dict[str | None, _Budget] = {}
         self._lock = threading.Lock()
         self._seq = 0
         self._fault = FaultMode()
@@ -245,6 +339,55 @@ class CaptureServer:
         """Back to a healthy server."""
         self.set_fault()
 
+    # -- scenarios and budgets -------------------------------------------------------------
+
+    def set_scenario(self, scenario: str | None) -> None:
+        """Count (and let subclasses tag) the requests that arrive from now on as ``scenario``'s."""
+        self._scenario = scenario
+
+    @property
+    def current_scenario(self) -> str | None:
+        return self._scenario
+
+    def limit_counts(self, scenario: str | None) -> dict[str, int]:
+        """What one scenario sent, and how much of it the caps refused."""
+        with self._lock:
+            budget = self._budgets.get(scenario, _Budget())
+            return {
+                "requests": budget.requests,
+                "decoded_bytes": budget.decoded_bytes,
+                "refused": budget.refused,
+                "refused_unrecorded": budget.unrecorded,
+            }
+
+    def _admit(self, scenario: str | None, decoded: int) -> str | None:
+        """Charge one request to the scenario's budget; the cap it breaks, or None."""
+        with self._lock:
+            budget = self._budgets.setdefault(scenario, _Budget())
+            budget.requests += 1
+            if budget.requests > self.limits.requests_per_scenario:
+                return (
+                    f"the scenario has sent more than {self.limits.requests_per_scenario} "
+                    "requests to this endpoint"
+                )
+            if budget.decoded_bytes + decoded > self.limits.bytes_per_scenario:
+                return (
+                    f"the scenario has sent more than {self.limits.bytes_per_scenario} bytes "
+                    "to this endpoint"
+                )
+            budget.decoded_bytes += decoded
+            return None
+
+    def _record_refusal(self, scenario: str | None) -> bool:
+        """Count a refusal; True while it may still be kept as a record."""
+        with self._lock:
+            budget = self._budgets.setdefault(scenario, _Budget())
+            budget.refused += 1
+            if budget.refused > self.limits.refusals_recorded:
+                budget.unrecorded += 1
+                return False
+            return True
+
     # -- request handling ------------------------------------------------------------------
 
     def next_seq(self) -> int:
@@ -263,29 +406,57 @@ class CaptureServer:
 
     def _serve(self, handler: _Handler) -> None:
         arrival, arrival_mono = time.time(), time.monotonic()
+        scenario = self._scenario
+        limits = self.limits
+        limit: str | None = None
+        raw_size = 0
         try:
-            raw = _read_body(handler)
+            raw = _read_body(handler, limits.request_bytes)
+            raw_size = len(raw)
+        except BodyTooLarge as exc:
+            raw, raw_size = b"", exc.seen
+            limit = str(exc)
+            handler.close_connection = True  # the rest of the body is never read
         except (ValueError, OSError) as exc:
             self._send(handler, SinkResponse(400, str(exc).encode(), "text/plain"))
             handler.close_connection = True
             return
         encoding = handler.headers.get("Content-Encoding")
-        body, error = decode_body(raw, encoding)
+        body, error, over = decode_body_bounded(raw, encoding, limit=limits.decoded_bytes)
+        del raw
+        decoded_size = len(body)
+        if limit is None and over:
+            limit = (
+                f"the request body inflates to more than {limits.decoded_bytes} bytes "
+                f"({raw_size} bytes on the wire, {encoding or 'identity'})"
+            )
+        if limit is None:
+            limit = self._admit(scenario, decoded_size)
+        if limit is not None:
+            body = b""
+            if not self._record_refusal(scenario):
+                self.next_seq()
+                self._send(handler, SinkResponse(413, b"", "text/plain"))
+                return
         request = SinkRequest(
             seq=self.next_seq(),
             method=handler.command,
             path=handler.path.split("?", 1)[0],
             headers={k.lower(): v for k, v in handler.headers.items()},
             body=body,
-            raw_size=len(raw),
+            raw_size=raw_size,
             arrival=arrival,
             arrival_monotonic=arrival_mono,
             content_type=(handler.headers.get("Content-Type") or "").split(";", 1)[0].strip(),
             content_encoding=encoding,
             decode_error=error,
+            decoded_size=decoded_size,
+            limit=limit,
         )
         fault = self._fault
         response = self.handle(request, fault.status)
+        if limit is not None:
+            response = SinkResponse(413, response.body, response.content_type, response.headers)
         if fault.latency_s > 0 and self._closing.wait(fault.latency_s):
             handler.close_connection = True
             return

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from kfm_conformance.capture.httpsink import CaptureServer, SinkRequest, SinkResponse
+from kfm_conformance.capture.httpsink import CaptureServer, Limits, SinkRequest, SinkResponse
 
 LINEAGE_PATH = "/api/v1/lineage"
 _FORWARD_BODY_LIMIT = 4096
@@ -47,6 +47,9 @@ class LineageRecord:
     forward_status: int | None = None
     forward_body: str | None = None
     forward_error: str | None = None
+    decoded_size: int = 0
+    limit: str | None = None
+    """The cap the request broke (it was refused with 413), or None."""
 
     @property
     def accepted(self) -> bool:
@@ -94,15 +97,20 @@ class LineageSink(CaptureServer):
 
     name = "lineage"
 
-    def __init__(self, *, forward_to: str | None = None, forward_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        forward_to: str | None = None,
+        forward_timeout_s: float = 5.0,
+        limits: Limits | None = None,
+    ) -> None:
         self._records: list[LineageRecord] = []
         self._records_lock = threading.Lock()
-        self._scenario: str | None = None
         self.forward_to = forward_to.rstrip("/") if forward_to else None
         self.forward_timeout_s = forward_timeout_s
         self._forward_queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
         self._forward_thread: threading.Thread | None = None
-        super().__init__()
+        super().__init__(limits=limits)
         if self.forward_to:
             self._forward_thread = threading.Thread(
                 target=self._forward_loop, name=f"kfm-lineage-forward-{self.port}", daemon=True
@@ -124,10 +132,6 @@ class LineageSink(CaptureServer):
 
     # -- scenarios -------------------------------------------------------------------------
 
-    def set_scenario(self, scenario: str | None) -> None:
-        """Tag the records that arrive from now on with ``scenario``."""
-        self._scenario = scenario
-
     @contextmanager
     def scenario(self, scenario: str) -> Iterator[None]:
         """Tag records with ``scenario`` inside the ``with`` block."""
@@ -144,7 +148,9 @@ class LineageSink(CaptureServer):
         event: dict[str, Any] | None = None
         error = request.decode_error
         status = 201
-        if request.method != "POST" or request.path.rstrip("/") != LINEAGE_PATH:
+        if request.limit is not None:
+            status, error = 413, f"refused: {request.limit}"
+        elif request.method != "POST" or request.path.rstrip("/") != LINEAGE_PATH:
             status = 404 if request.method == "POST" else 405
             error = f"unexpected {request.method} {request.path} (expected POST {LINEAGE_PATH})"
         elif error is None:
@@ -159,7 +165,7 @@ class LineageSink(CaptureServer):
                     error = f"body is JSON but not an object: {type(parsed).__name__}"
         if error is not None and status == 201:
             status = 400
-        if fault_status is not None:
+        if fault_status is not None and request.limit is None:
             status = fault_status
         record = LineageRecord(
             seq=request.seq,
@@ -172,6 +178,8 @@ class LineageSink(CaptureServer):
             event=event,
             error=error,
             scenario=self._scenario,
+            decoded_size=request.decoded_size,
+            limit=request.limit,
         )
         with self._records_lock:
             self._records.append(record)

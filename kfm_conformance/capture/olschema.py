@@ -1,5 +1,8 @@
 """Offline validation of OpenLineage events against the official JSON Schemas.
 
+This is the full validation that ``--openlineage-schemas DIR`` turns on; without it, events are
+validated against the model of openlineage-python (:mod:`kfm_conformance.capture.olmodel`).
+
 The schemas come from a local cache directory (the OpenLineage project's ``spec/`` folder: the
 core ``OpenLineage.json`` and ``facets/*.json``), given by the ``--openlineage-schemas`` option
 or the ``KFM_OPENLINEAGE_SCHEMAS`` environment variable; the project ships none of them.
@@ -22,6 +25,8 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +100,8 @@ def _facet_sites(event: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
 class OpenLineageSchemas:
     """The OpenLineage schema cache, loaded once; validates events into findings."""
 
+    name = "json-schema"
+
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
         if not self.cache_dir.is_dir():
@@ -119,6 +126,26 @@ class OpenLineageSchemas:
         self.registry: Registry[Any] = Registry().with_resources(resources)
         self._validators: dict[str, Draft202012Validator] = {}
         self._format_checker = FormatChecker()
+
+    def describe(self) -> str:
+        """What events are validated against, for a finding's ``expected``."""
+        return "the official OpenLineage JSON Schema (" + ", ".join(self.core_versions) + ")"
+
+    def provenance(self) -> dict[str, Any]:
+        """Which validator, for the report's provenance (never the cache's location)."""
+        return cache_provenance(self.cache_dir)
+
+    def check(self, event: dict[str, Any]) -> tuple[list[Finding], list[str]]:
+        """(findings, notes), like :meth:`OpenLineageModel.check`; notes name custom facets."""
+        notes = [
+            f"{path}: custom facet {facet.get('_schemaURL')}; only the core BaseFacet rules apply"
+            for path, _name, facet in _facet_sites(event)
+            if isinstance(event, dict)
+            and isinstance(facet, dict)
+            and isinstance(facet.get("_schemaURL"), str)
+            and not self.has(facet["_schemaURL"])
+        ]
+        return self.validate(event), notes
 
     def has(self, url: str) -> bool:
         """Whether the cache holds the schema document ``url`` names (a #fragment is ignored)."""
@@ -243,4 +270,14 @@ def cache_provenance(cache_dir: Path) -> dict[str, Any]:
                 schema_id = None
             if isinstance(schema_id, str):
                 core.append(_base(schema_id))
-    return {"files": len(files), "sha256": digest.hexdigest(), "core": sorted(core)}
+    try:
+        validator_version = package_version("jsonschema")
+    except PackageNotFoundError:  # pragma: no cover
+        validator_version = "unknown"
+    return {
+        "validator": "json-schema",
+        "version": f"jsonschema {validator_version}",
+        "files": len(files),
+        "sha256": digest.hexdigest(),
+        "core": sorted(core),
+    }

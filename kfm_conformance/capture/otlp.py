@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from kfm_conformance.capture.httpsink import CaptureServer, SinkRequest, SinkResponse
+from kfm_conformance.capture.httpsink import CaptureServer, Limits, SinkRequest, SinkResponse
 
 SCENARIO_ATTRIBUTE = "kfm.scenario.id"
 PROTOBUF = "application/x-protobuf"
@@ -88,6 +88,9 @@ class OTLPRecord:
     size: int
     status: int
     error: str | None = None
+    decoded_size: int = 0
+    limit: str | None = None
+    """The cap the request broke (it was refused with 413), or None."""
     _message: Message | None = field(default=None, repr=False)
     _document: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -114,6 +117,8 @@ class OTLPRecord:
             "size": self.size,
             "status": self.status,
             "error": self.error,
+            "decoded_size": self.decoded_size,
+            "limit": self.limit,
             "document": self.document,
         }
 
@@ -254,10 +259,10 @@ class OTLPReceiver(CaptureServer):
 
     name = "otlp"
 
-    def __init__(self) -> None:
+    def __init__(self, *, limits: Limits | None = None) -> None:
         self._records: list[OTLPRecord] = []
         self._records_lock = threading.Lock()
-        super().__init__()
+        super().__init__(limits=limits)
 
     @property
     def url(self) -> str:
@@ -294,10 +299,14 @@ class OTLPReceiver(CaptureServer):
             size=request.raw_size,
             status=200,
             error=request.decode_error,
+            decoded_size=request.decoded_size,
+            limit=request.limit,
         )
         response_type = JSON if request.content_type == JSON else PROTOBUF
         body = b"{}" if response_type == JSON else b""
-        if known is None or request.method != "POST":
+        if request.limit is not None:
+            record.status, record.error = 413, f"refused: {request.limit}"
+        elif known is None or request.method != "POST":
             record.status, record.error = 404, f"unexpected {request.method} {request.path}"
         elif record.error is not None:
             record.status = 400
@@ -320,7 +329,7 @@ class OTLPReceiver(CaptureServer):
         else:
             record.status = 415
             record.error = f"unsupported Content-Type {request.content_type!r}"
-        if fault_status is not None:
+        if fault_status is not None and request.limit is None:
             record.status = fault_status
         with self._records_lock:
             self._records.append(record)

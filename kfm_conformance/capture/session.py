@@ -2,7 +2,8 @@
 
 :class:`CaptureServices` starts the embedded :class:`~kfm_conformance.capture.LineageSink` and
 :class:`~kfm_conformance.capture.OTLPReceiver` once per pytest session (so once per xdist
-worker) and knows where the OpenLineage schema cache is. Within a worker, scenarios run one at
+worker) and knows how events are validated: against the OpenLineage JSON Schema cache when one
+is given, else against the model of openlineage-python. Within a worker, scenarios run one at
 a time, so the sequence numbers the sinks hand out are a clock: a :class:`CaptureObserver`
 takes a mark just before and just after every run of its scenario (it is installed as a
 :class:`~kfm_conformance.scenario.RunObserver`), and everything that arrived in between is that
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kfm_conformance.capture.hierarchy import hierarchies
 from kfm_conformance.capture.lineage import LineageRecord, LineageSink, run_id_of
+from kfm_conformance.capture.olmodel import OpenLineageModel, default_model
 from kfm_conformance.capture.olschema import ENV_VAR, OpenLineageSchemas
 from kfm_conformance.capture.otlp import (
     OTLPReceiver,
@@ -45,9 +48,8 @@ if TYPE_CHECKING:
 #: The OpenLineage job namespace every run is given (``OPENLINEAGE_NAMESPACE``).
 LINEAGE_NAMESPACE = "kfm-conformance"
 
-NO_SCHEMA_CACHE = (
-    f"schema unavailable: no OpenLineage schema cache given (--openlineage-schemas or {ENV_VAR})"
-)
+#: Something that validates one OpenLineage event: the JSON Schema cache or the model.
+LineageValidator = OpenLineageSchemas | OpenLineageModel
 
 
 def schema_location(option: str | None) -> tuple[Path | None, str | None]:
@@ -61,7 +63,7 @@ def schema_location(option: str | None) -> tuple[Path | None, str | None]:
 
 
 class CaptureServices:
-    """The session's lineage sink and OTLP receiver, and the OpenLineage schema cache."""
+    """The session's lineage sink and OTLP receiver, and the OpenLineage validator."""
 
     def __init__(
         self,
@@ -99,16 +101,19 @@ class CaptureServices:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.collector_endpoint
         return env
 
-    def schemas(self) -> OpenLineageSchemas:
-        """The loaded schema cache; a :class:`HarnessError` when none is given or usable."""
+    def validator(self) -> LineageValidator:
+        """The JSON Schema cache when one is given, else the model of openlineage-python.
+
+        A given cache that cannot be used is a :class:`HarnessError` ("schema unavailable").
+        """
         if self.schemas_path is None:
-            raise HarnessError(NO_SCHEMA_CACHE)
+            return default_model()
         try:
             schemas = OpenLineageSchemas.from_env_or_option(str(self.schemas_path))
         except ConfigurationError as exc:
             raise HarnessError(f"schema unavailable: {exc}") from exc
-        if schemas is None:
-            raise HarnessError(NO_SCHEMA_CACHE)
+        if schemas is None:  # pragma: no cover - the path was given
+            return default_model()
         return schemas
 
     def close(self) -> None:
@@ -164,6 +169,22 @@ class RunCapture:
     def run_ids(self) -> list[str]:
         return list(dict.fromkeys(i for e in self.events if (i := run_id_of(e)) is not None))
 
+    @property
+    def lineage_over_limits(self) -> list[str]:
+        """The lineage requests of this run that a cap of the sink refused (413)."""
+        return [f"request {r.seq}: {r.limit}" for r in self.lineage_records if r.limit]
+
+    @property
+    def otlp_over_limits(self) -> list[str]:
+        """The OTLP export requests of this run that a cap of the receiver refused (413)."""
+        return [f"{r.signal} request {r.seq}: {r.limit}" for r in self.otlp_records if r.limit]
+
+    @property
+    def root_run_id(self) -> str | None:
+        """The run id of the root of the run's (first) OpenLineage run hierarchy."""
+        groups = hierarchies(self.events)
+        return groups[0].root_id if groups else None
+
     def summary(self) -> dict[str, Any]:
         """A compact account: what kinds of events and spans arrived."""
         spans = self.spans
@@ -174,6 +195,8 @@ class RunCapture:
             "lineage_events": [str(e.get("eventType")) for e in self.events],
             "lineage_run_ids": self.run_ids,
             "lineage_refused": len(refused),
+            "lineage_over_limits": self.lineage_over_limits,
+            "otlp_over_limits": self.otlp_over_limits,
             "spans": [s["name"] for s in spans],
             "otlp_requests": {
                 signal: len(self.documents(signal)) for signal in ("traces", "metrics", "logs")
@@ -223,7 +246,10 @@ class CaptureObserver:
 
     # -- RunObserver ---------------------------------------------------------------------------
     def before_run(self, context: ScenarioContext, label: str | None) -> None:
+        # Requests are charged to the scenario only while one of its runs is going on: what
+        # arrives then is the pipeline's doing, caps it breaks included.
         self.services.lineage.set_scenario(self.scenario_id)
+        self.services.otlp.set_scenario(self.scenario_id)
         self._marks = (self.services.lineage.mark(), self.services.otlp.mark())
         if self.services.collector is not None:
             self._tap_mark = self.services.collector.mark()
@@ -235,6 +261,7 @@ class CaptureObserver:
         self._marks = None
         lineage_until, otlp_until = self.services.lineage.mark(), self.services.otlp.mark()
         self.services.lineage.set_scenario(None)
+        self.services.otlp.set_scenario(None)
         output = context.profile.output
         capture = RunCapture(
             label=result.label,

@@ -220,7 +220,8 @@ def test_good_published_run_passes_every_lineage_check(
     findings = judge_good_published(lineage_run(), parquet_columns, schemas)
     _all_ok(findings)
     assert {f.check for f in findings} == set(LINEAGE_RUN_CHECKS) - {
-        "lineage.not-modified-no-version"
+        "lineage.not-modified-no-version",
+        "lineage.within-limits",  # only judged when a cap refused a request
     }
 
 
@@ -263,13 +264,20 @@ def test_good_runs_keep_their_job(parquet_columns: list[tuple[str, str]]) -> Non
 def test_good_telemetry_passes_every_check() -> None:
     findings = judge_telemetry_run(make_spans(), exit_ok=True, run_id="RUN")
     _all_ok(findings)
-    assert {f.check for f in findings} == set(TELEMETRY_CHECKS)
+    assert {f.check for f in findings} == set(TELEMETRY_CHECKS) - {"telemetry.within-limits"}
     _all_ok(judge_telemetry_run(make_spans(fail=True), exit_ok=False, run_id="RUN"))
     _all_ok(
         judge_telemetry_run(
             make_spans(), exit_ok=True, run_id="RUN", expected_service_name="kfm-pipeline"
         )
     )
+    # The status the step names, when it fits the exit.
+    _all_ok(judge_telemetry_run(make_spans(), exit_ok=True, run_id="RUN", expect_error=False))
+    _all_ok(
+        judge_telemetry_run(make_spans(fail=True), exit_ok=False, run_id="RUN", expect_error=True)
+    )
+    # Any run id of the run's hierarchy correlates.
+    _all_ok(judge_telemetry_run(make_spans(), exit_ok=True, run_id="ROOT", run_ids=["TASK", "RUN"]))
 
 
 def test_without_schemas_spec_check_is_left_out(parquet_columns: list[tuple[str, str]]) -> None:
@@ -507,7 +515,32 @@ CASES = [
         "job-changes-within-run",
         across=lambda: [lineage_run()[:1] + lineage_run(job_name="other")[1:]],
     ),
+    Case(
+        "lineage.within-limits",
+        "gzip-bomb",
+        lineage=_with(over_limits=["request 3: the request body inflates to more than 16 MiB"]),
+    ),
+    Case(
+        "lineage.terminal-event",
+        "step-names-fail-on-success",
+        lineage=_with(expected_terminal="FAIL"),
+    ),
     Case("telemetry.trace-exported", "no-spans", telemetry=lambda kwargs: []),
+    Case(
+        "telemetry.within-limits",
+        "over-the-request-cap",
+        telemetry=_spans_and({"over_limits": ["traces request 9: more than 20000 requests"]}),
+    ),
+    Case(
+        "telemetry.root-status",
+        "step-names-error-on-success",
+        telemetry=_spans_and({"expect_error": True}),
+    ),
+    Case(
+        "telemetry.root-status",
+        "step-names-not-error-on-failure",
+        telemetry=_spans_and({"exit_ok": False, "expect_error": False}, fail=True),
+    ),
     Case("telemetry.root-span", "two-roots", telemetry=_two_roots),
     Case("telemetry.root-span", "no-root", telemetry=_no_root),
     Case("telemetry.root-status", "ok-on-failure", telemetry=_spans_and({"exit_ok": False})),

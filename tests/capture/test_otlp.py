@@ -267,8 +267,11 @@ def test_faults_do_not_hang_the_pipeline(
     env = _clean_env(tmp_path, OTEL_EXPORTER_OTLP_TIMEOUT="1", **receiver.env("kfm", "s-1"))
     started = time.monotonic()
     run_pipeline(env, timeout=30)
-    # one export of traces and one of metrics, each bounded by the 1 s deadline, plus start-up
-    assert time.monotonic() - started < 8
+    # One export of traces and one of metrics, each bounded by the 1 s deadline, plus start-up
+    # (about 3 s on a quiet machine). The bound only tells "bounded" from "hung on the sink"
+    # (the exporters' default would wait 10 s per export and retry); it is no benchmark, and
+    # it is generous because the machine may be loaded.
+    assert time.monotonic() - started < 20
     if fault.get("down"):
         assert receiver.records() == []
     elif fault.get("status"):
@@ -302,4 +305,4 @@ def test_unreachable_endpoint_is_bounded_too(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     run_pipeline(env, timeout=30)
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 20  # bounded, not hung (see above); no benchmark
