@@ -18,6 +18,7 @@ from conftest import (
     guarantee_row,
     load_report,
     openlineage_spec,
+    scenario_records,
 )
 
 from kfm_conformance.capture.olschema import OpenLineageSchemas
@@ -188,11 +189,7 @@ def test_a_dead_sink_cannot_hang_a_run_and_is_the_pipelines_fault(
         "-k",
         "publishing_run_names_its_upstream or publishing_run_is_traced_from_its_root",
     )
-    found = [
-        json.loads(line)
-        for path in sorted(results.glob("scenarios-*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
+    found = scenario_records(results)
     assert {r["guarantee"] for r in found} == {"lineage", "telemetry"}, found
     timeout_s = 60  # observed_profile.toml
     for result in found:
