@@ -78,7 +78,9 @@ def bare_run_s(repeat: int) -> float:
     try:
         with tempfile.TemporaryDirectory(prefix="kfm-bench-bare-") as root:
             for number in range(repeat):
-                box = Sandbox(profile, Path(root) / f"run-{number}", isolation_choice=choose("none"))
+                box = Sandbox(
+                    profile, Path(root) / f"run-{number}", isolation_choice=choose("none")
+                )
                 for _ in range(2):
                     began = time.perf_counter()
                     box.run(origin.url)
@@ -128,14 +130,20 @@ def main() -> int:
             for c in campaigns(report)
         ],
     }
-    print(f"main job ({args.jobs} jobs): {figures['wall_s']} s wall, {report['verdict']}, "
-          f"{report['counts']}")
-    print(f"pipeline runs: {runs}; bare median {bare_one:.3f} s; bare total over "
-          f"{args.jobs} jobs {bare_total:.1f} s; ratio {figures['ratio']} (target <= 1.6)")
+    print(
+        f"main job ({args.jobs} jobs): {figures['wall_s']} s wall, {report['verdict']}, "
+        f"{report['counts']}"
+    )
+    print(
+        f"pipeline runs: {runs}; bare median {bare_one:.3f} s; bare total over "
+        f"{args.jobs} jobs {bare_total:.1f} s; ratio {figures['ratio']} (target <= 1.6)"
+    )
     for c in figures["campaigns"]:
-        print(f"  campaign {c['check_id']}: {c['points']} points, {c['distinct_states']} "
-              f"distinct states, {c['recovery_runs']} recoveries in {c['recovery_s']} s, "
-              f"{c['duration_s']} s")
+        print(
+            f"  campaign {c['check_id']}: {c['points']} points, {c['distinct_states']} "
+            f"distinct states, {c['recovery_runs']} recoveries in {c['recovery_s']} s, "
+            f"{c['duration_s']} s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0 if done.returncode == 0 else 1

@@ -30,12 +30,17 @@ def _profile(command: list[str]) -> object:
     return parse_profile(data, REPO / "reference" / "profile.toml")
 
 
-def _time_runs(profile: object, choice: isolation.IsolationChoice, src: str, repeat: int) -> list[float]:
+def _time_runs(
+    profile: object, choice: isolation.IsolationChoice, src: str, repeat: int
+) -> list[float]:
     times = []
     with tempfile.TemporaryDirectory(prefix="kfm-bench-iso-") as root:
         for number in range(repeat):
-            box = Sandbox(profile, Path(root) / f"{choice.mode}-{number}",  # type: ignore[arg-type]
-                          isolation_choice=choice)
+            box = Sandbox(
+                profile,
+                Path(root) / f"{choice.mode}-{number}",  # type: ignore[arg-type]
+                isolation_choice=choice,
+            )
             began = time.perf_counter()
             result = box.run(src)
             times.append(time.perf_counter() - began)
