@@ -65,9 +65,7 @@ def _blocking(report: dict[str, Any]) -> list[str]:
     for row in report["guarantees"]:
         for scenario in row["scenarios"]:
             verdict = scenario["verdict"]
-            unavailable = verdict == "skip" and not str(scenario.get("message", "")).startswith(
-                "not declared"
-            )
+            unavailable = verdict == "skip" and scenario.get("skip_kind") == "unavailable"
             if verdict in ("fail", "error") or unavailable:
                 lines.append(f"{verdict.upper()} {scenario['check_id']}: {scenario['message']}")
     return lines
