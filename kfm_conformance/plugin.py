@@ -42,7 +42,7 @@ from kfm_conformance.features import declared_id
 from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
-from kfm_conformance.report.model import ScenarioResult
+from kfm_conformance.report.model import ScenarioResult, cap_evidence
 from kfm_conformance.sandbox import Sandbox
 from kfm_conformance.scenario import ScenarioContext
 from kfm_conformance.services.collector_tap import CollectorTap
@@ -579,7 +579,7 @@ def _scenario_result(
         steps=item.stash.get(STEPS_KEY, []),
         findings=[f.to_json() for f in context.judge.findings] if context else [],
         precondition_failed=precondition,
-        evidence=evidence,
+        evidence=cap_evidence(evidence),
         nodeid=item.nodeid,
     ).to_json()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,18 @@ def test_the_channel_refuses_a_malformed_but_authenticated_result(tmp_path: Path
     contents = channel.read_channel(tmp_path, key, validate=ScenarioResult.from_json)
     assert [r["verdict"] for r in contents.results] == ["fail"]
     assert any("the result for other is malformed" in p for p in contents.problems)
+
+
+def test_evidence_over_the_cap_is_cut_with_a_visible_note() -> None:
+    from kfm_conformance.report.model import cap_evidence
+
+    small = {"runs": [1, 2], "http": "x" * 100}
+    assert cap_evidence(small, cap=10_000) == small
+    big = {"runs": [1, 2], "stdout": "y" * 50_000, "spans": ["z" * 20_000]}
+    capped = cap_evidence(big, cap=30_000)
+    assert capped["runs"] == [1, 2]
+    assert capped["stdout"]["truncated"] is True
+    assert capped["stdout"]["original_bytes"] > 50_000
+    assert "over the 30000-byte cap" in capped["stdout"]["note"]
+    assert capped["evidence_truncated"] == ["stdout"]
+    assert len(json.dumps(capped)) < 35_000

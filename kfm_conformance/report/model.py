@@ -49,6 +49,37 @@ def _scenario_validator() -> Any:
     )
 
 
+#: The most evidence one scenario's result may carry (serialized JSON); beyond it the largest
+#: items are cut, each with a visible note.
+EVIDENCE_CAP_BYTES = 4 * 1024 * 1024
+_KEEP_CHARS = 4000
+
+
+def cap_evidence(evidence: dict[str, Any], cap: int = EVIDENCE_CAP_BYTES) -> dict[str, Any]:
+    """The evidence, within ``cap`` bytes of JSON: while it is larger, its largest top-level
+    item is replaced by a note saying it was truncated, how large it was, and how it began."""
+    sizes = {k: len(json.dumps(v, default=str)) for k, v in evidence.items()}
+    if sum(sizes.values()) <= cap:
+        return evidence
+    capped = dict(evidence)
+    truncated: list[str] = []
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if sum(sizes.values()) <= cap:
+            break
+        text = json.dumps(capped[key], default=str)
+        capped[key] = {
+            "truncated": True,
+            "note": f"evidence item {key!r} was {len(text)} bytes of JSON, over the "
+            f"{cap}-byte cap of one scenario's evidence; its first {_KEEP_CHARS} characters:",
+            "original_bytes": len(text),
+            "head": text[:_KEEP_CHARS],
+        }
+        sizes[key] = len(json.dumps(capped[key]))
+        truncated.append(key)
+    capped["evidence_truncated"] = truncated
+    return capped
+
+
 @dataclass
 class ScenarioResult:
     """One scenario's result, as the plugin makes it and the CLI reads it back."""
