@@ -195,15 +195,16 @@ def decode_body(raw: bytes, content_encoding: str | None) -> tuple[bytes, str | 
 
     Unbounded: for tests and trusted input only. Servers use :func:`decode_body_bounded`.
     """
-    body, error, _ = decode_body_bounded(raw, content_encoding, limit=None)
+    body, error, _, _ = decode_body_bounded(raw, content_encoding, limit=None)
     return body, error
 
 
-def _inflate(raw: bytes, wbits: int, limit: int | None) -> tuple[bytes, bool]:
+def _inflate(raw: bytes, wbits: int, limit: int | None) -> tuple[bytes, int, bool]:
     """Stream-decompress ``raw`` (every member, for gzip), stopping past ``limit`` bytes.
 
-    Returns (output, over): ``over`` when the output would exceed ``limit``; the output is then
-    cut to ``limit`` bytes (and no more than ``limit`` + 1 were ever held).
+    Returns (output, decoded size, over): ``over`` when the output would exceed ``limit``; the
+    output is then dropped (no more than ``limit`` + 1 bytes were ever held) and the decoded
+    size is ``limit``.
     """
     out = bytearray()
     data = raw
@@ -218,40 +219,44 @@ def _inflate(raw: bytes, wbits: int, limit: int | None) -> tuple[bytes, bool]:
                 position += len(chunk)
             else:
                 raise zlib.error("the compressed stream is truncated")
-            room = limit + 1 - len(out) if limit is not None else 0  # 0: no maximum
+            # Small pieces: the output grows by at most one piece beyond the cap (0: no maximum).
+            room = min(limit + 1 - len(out), 4 * _READ_CHUNK) if limit is not None else 0
             out += inflater.decompress(chunk, room)
             if limit is not None and len(out) > limit:
-                return bytes(out[:limit]), True
+                del out
+                return b"", limit, True
         data = inflater.unused_data + data[position:]
         if not wbits & 16 or not data.strip(b"\0"):
             break  # deflate is one stream; gzip may have several members (and zero padding)
-    return bytes(out), False
+    return bytes(out), len(out), False
 
 
 def decode_body_bounded(
     raw: bytes, content_encoding: str | None, *, limit: int | None
-) -> tuple[bytes, str | None, bool]:
+) -> tuple[bytes, str | None, bool, int]:
     """Undo ``gzip`` or ``deflate``, decoding at most ``limit`` bytes.
 
-    Returns (body, error or None, over the limit). Over the limit, the body is cut there.
+    Returns (body, error or None, over the limit, decoded size). Over the limit the body is
+    dropped (empty) and the decoded size is the limit: what was decoded before stopping.
     """
     encoding = (content_encoding or "").strip().lower()
     try:
         if encoding in ("", "identity"):
-            over = limit is not None and len(raw) > limit
-            return (raw[:limit] if over and limit is not None else raw), None, over
+            if limit is not None and len(raw) > limit:
+                return b"", None, True, limit
+            return raw, None, False, len(raw)
         if encoding in ("gzip", "x-gzip"):
-            body, over = _inflate(raw, 16 + zlib.MAX_WBITS, limit)
-            return body, None, over
+            body, size, over = _inflate(raw, 16 + zlib.MAX_WBITS, limit)
+            return body, None, over, size
         if encoding == "deflate":
             try:
-                body, over = _inflate(raw, zlib.MAX_WBITS, limit)
+                body, size, over = _inflate(raw, zlib.MAX_WBITS, limit)
             except zlib.error:
-                body, over = _inflate(raw, -zlib.MAX_WBITS, limit)
-            return body, None, over
+                body, size, over = _inflate(raw, -zlib.MAX_WBITS, limit)
+            return body, None, over, size
     except (OSError, EOFError, zlib.error) as exc:
-        return b"", f"cannot decode {encoding} body: {exc}", False
-    return raw, f"unsupported Content-Encoding {content_encoding!r}", False
+        return b"", f"cannot decode {encoding} body: {exc}", False, 0
+    return raw, f"unsupported Content-Encoding {content_encoding!r}", False, len(raw)
 
 
 class CaptureServer:
@@ -422,9 +427,10 @@ class CaptureServer:
             handler.close_connection = True
             return
         encoding = handler.headers.get("Content-Encoding")
-        body, error, over = decode_body_bounded(raw, encoding, limit=limits.decoded_bytes)
+        body, error, over, decoded_size = decode_body_bounded(
+            raw, encoding, limit=limits.decoded_bytes
+        )
         del raw
-        decoded_size = len(body)
         if limit is None and over:
             limit = (
                 f"the request body inflates to more than {limits.decoded_bytes} bytes "
