@@ -312,3 +312,46 @@ def test_a_report_dir_that_fills_up_after_the_run_keeps_what_was_written(tmp_pat
     assert report["counts"]["skip"] > 0
     assert (report_dir / "junit.xml").is_file() and (report_dir / "pytest.log").is_file()
     assert not list(report_dir.glob(".*.part")) and not (report_dir / "report.html").exists()
+
+
+def _can_mount_tmpfs() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--map-root-user", "sh", "-c", "mount -t tmpfs t /mnt"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="no user+mount namespace to mount a tmpfs")
+def test_a_really_full_report_dir(tmp_path: Path) -> None:
+    """A 64 KiB tmpfs filled to the brim, then one with room for the run but not the reports:
+    ENOSPC before the run and after it, each one line."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    profile = _profile(tmp_path, GOOD)
+    cli = f"{sys.executable} -m kfm_conformance.cli certify --profile {profile} --only promotion"
+    script = (
+        f"mount -t tmpfs -o size=64k tmpfs {mount} && "
+        f"(dd if=/dev/zero of={mount}/fill bs=4k count=64 2>/dev/null; true) && "
+        f"{cli} --report-dir {mount}/r; echo before=$?; umount {mount}; "
+        f"mount -t tmpfs -o size=48k tmpfs {mount} && {cli} --report-dir {mount}/r; "
+        "echo after=$?"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out, err = done.stdout, done.stderr
+    assert "Traceback" not in err
+    assert "before=2" in out and "after=2" in out, (out, err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("kfm-conformance: ")]
+    assert "cannot write in" in lines[0] and "No space left on device" in lines[0], lines
+    assert "cannot write report" in lines[-1] and "; kept " in lines[-1], lines
