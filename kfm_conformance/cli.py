@@ -54,6 +54,17 @@ EXIT_NOT_CERTIFIED = 1
 EXIT_USAGE = 2
 
 
+def _positive_seconds(text: str) -> float:
+    """A finite, positive number of seconds (argparse's float takes nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0: {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2."""
 
@@ -122,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument(
         "--stall-timeout",
-        type=float,
+        type=_positive_seconds,
         metavar="S",
         help="stop the run when no scenario has finished for S seconds (default: "
         "max(1200, 10 x the profile's timeout_s))",

@@ -615,7 +615,7 @@ def _emit(item: pytest.Item, result: dict[str, Any]) -> None:
     config = item.config
     profile = config.stash.get(PROFILE_KEY, None)
     redactor = Redactor.for_profile(profile) if profile else Redactor([])
-    result = json.loads(redactor.redact_text(json.dumps(result, default=str, sort_keys=True)))
+    result = redactor.redact(json.loads(json.dumps(result, default=str)))
     results_dir = config.getoption("--kfm-results")
     if results_dir and RESULT_KEY_KEY in config.stash:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
