@@ -29,8 +29,8 @@ The oracle (after ALICE, OSDI 2014), checked from the outside after every crash:
   sends the new version's validators, gets ``304`` and stays stale).
 
 Two cases: a first publication (fresh directory) and an update (the old version published, the
-upstream moved on, the old state present). Points run in parallel; each worker has its own
-origin, so the requests of a run can be told apart by time. Time-based kills at seeded random
+upstream moved on, the old state present). Points run in parallel lanes, in contiguous
+blocks; each lane has its own origin, so the requests of a run can be told apart by time. Time-based kills at seeded random
 moments (no strace needed) complement the enumerated points.
 
 The oracle is :func:`judge_crash`, a pure function of what a kill left (:class:`CrashState`)
@@ -43,7 +43,6 @@ recovery's outcome; the point records which crash it reused (``recovery_reused_f
 from __future__ import annotations
 
 import hashlib
-import queue
 import random
 import re
 import shutil
@@ -696,7 +695,6 @@ class CrashCampaign:
         self.old = self.book.add("old", old) if old is not None else None
         self.new = self.book.add("new", new)
         self._trace_dir = Path(tempfile.mkdtemp(prefix="kfm-traces-"))
-        self._lanes: queue.Queue[_Worker] = queue.Queue()
         self._keep: list[Sandbox] = []
         self._keep_lock = threading.Lock()
         self._memo: dict[str, _MemoEntry] = {}
@@ -749,8 +747,6 @@ class CrashCampaign:
                 self._keep.append(failed.sandbox)
                 return self._setup_failure(failed, started)
             self._keep.extend(box for box in kept[:1] if box is not None)
-            for lane in lanes:
-                self._lanes.put(lane)
             points: list[CrashPoint] = []
             unreachable: list[str] = []
             steps: list[str] = []
@@ -772,9 +768,22 @@ class CrashCampaign:
                 points, unreachable = select_crash_points(
                     recording.trace, recording.sandbox.workdir
                 )
-            jobs: list[CrashPoint | float] = [*points, *self._timed_delays()]
+            timed = self._timed_delays()
+            jobs: list[CrashPoint | float] = [*points, *timed]
+            # Neighbouring points go to one lane: a kill before an fsync and one before the
+            # next step leave identical files only within a lane (each lane has its own origin,
+            # so its template's run-state may name another URL).
+            owner = contiguous_lanes(len(points), len(lanes)) + [
+                index % len(lanes) for index in range(len(timed))
+            ]
+
+            def run_lane(number: int) -> list[tuple[int, PointResult]]:
+                mine = [index for index, lane in enumerate(owner) if lane == number]
+                return [(index, self._run_job(lanes[number], jobs[index])) for index in mine]
+
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                results = list(pool.map(self._run_job, jobs))
+                done = [pair for part in pool.map(run_lane, range(len(lanes))) for pair in part]
+            results = [result for _, result in sorted(done, key=lambda pair: pair[0])]
             return CampaignResult(
                 case=self.case,
                 recording_steps=steps,
@@ -817,15 +826,11 @@ class CrashCampaign:
         base = self._clean_duration_s
         return [round(self.rng.uniform(0.3, 1.1) * base, 4) for _ in range(self.timed_kills)]
 
-    def _run_job(self, job: CrashPoint | float) -> PointResult:
-        """One crash on a free lane: a strace crash point, or a kill after ``job`` seconds."""
-        lane = self._lanes.get()
-        try:
-            if isinstance(job, CrashPoint):
-                return self._strace_point(lane, job)
-            return self._timed_point(lane, job)
-        finally:
-            self._lanes.put(lane)
+    def _run_job(self, lane: _Worker, job: CrashPoint | float) -> PointResult:
+        """One crash on ``lane``: a strace crash point, or a kill after ``job`` seconds."""
+        if isinstance(job, CrashPoint):
+            return self._strace_point(lane, job)
+        return self._timed_point(lane, job)
 
     # -- one crash ---------------------------------------------------------------------------
     def _strace_point(self, lane: _Worker, point: CrashPoint) -> PointResult:
@@ -992,6 +997,12 @@ class _SetupFailed(Exception):
     def __init__(self, message: str, sandbox: Sandbox) -> None:
         super().__init__(message)
         self.sandbox = sandbox
+
+
+def contiguous_lanes(count: int, lanes: int) -> list[int]:
+    """The lane of each of ``count`` jobs: contiguous blocks of (nearly) equal size."""
+    lanes = max(1, lanes)
+    return [index * lanes // count for index in range(count)] if count else []
 
 
 def run_from_json(data: dict[str, Any]) -> RunResult:
