@@ -30,8 +30,8 @@ The oracle (after ALICE, OSDI 2014), checked from the outside after every crash:
 
 Two cases: a first publication (fresh directory) and an update (the old version published, the
 upstream moved on, the old state present). Points run in parallel lanes, in contiguous
-blocks; each lane has its own origin, so the requests of a run can be told apart by time. Time-based kills at seeded random
-moments (no strace needed) complement the enumerated points.
+blocks; each lane has its own origin, so the requests of a run can be told apart by time.
+Time-based kills at seeded random moments (no strace needed) complement the enumerated points.
 
 The oracle is :func:`judge_crash`, a pure function of what a kill left (:class:`CrashState`)
 and what the next run did (:class:`Recovery`). The next run is made once per distinct working
@@ -460,19 +460,30 @@ _RANDOM_TOKEN = re.compile(r"(?=[A-Za-z_]*\d)(?=\d*[A-Za-z_])[A-Za-z0-9_]{6,}|\d
 def canonical_name(relpath: str) -> str:
     """``relpath`` with its randomly chosen tokens replaced by ``*``. Two runs killed at the
     same step leave ``out/.data.parquet.k2j9x0aa.tmp`` and ``out/.data.parquet.q8w7e6rr.tmp``:
-    the same file to the next run. ``.state/state.json`` stays what it is. (A random token
-    made only of letters is kept: that costs a recovery run, never a wrong reuse.)"""
-    return "/".join(
-        ".".join(
-            _RANDOM_TOKEN.sub("*", token) if _random_like(token) else token
-            for token in part.split(".")
-        )
-        for part in relpath.split("/")
-    )
+    the same file to the next run. ``.state/state.json`` stays what it is. In a temp-looking
+    name (a leading dot, or ``tmp`` in it) an eight-character ``tempfile`` token counts as
+    random even without a digit; a random token that is not recognised only costs a recovery
+    run, never a wrong reuse."""
+    parts = []
+    for part in relpath.split("/"):
+        temp_like = part.startswith(".") or "tmp" in part.lower()
+        parts.append(".".join(_canonical_token(t, temp_like) for t in part.split(".")))
+    return "/".join(parts)
 
 
-def _random_like(token: str) -> bool:
-    return bool(_RANDOM_TOKEN.fullmatch(token.lstrip("#")))
+#: Python's ``tempfile`` suffix: eight characters of ``[a-z0-9_]``, letters only 8% of the time.
+_TEMPFILE_TOKEN = re.compile(r"[a-z0-9_]{8}")
+
+
+def _canonical_token(token: str, temp_like: bool) -> str:
+    if not _random_like(token, temp_like):
+        return token
+    return "#*" if token.startswith("#") else "*"
+
+
+def _random_like(token: str, temp_like: bool = False) -> bool:
+    bare = token.lstrip("#")
+    return bool(_RANDOM_TOKEN.fullmatch(bare) or (temp_like and _TEMPFILE_TOKEN.fullmatch(bare)))
 
 
 def workdir_digest(root: Path) -> str:

@@ -107,6 +107,8 @@ def test_random_tokens_in_names_do_not_make_states_distinct(tmp_path: Path) -> N
     assert canonical_name("out/.data.parquet.k2j9x0aa.tmp") == "out/.data.parquet.*.tmp"
     assert canonical_name("out/.data.parquet.31065.tmp") == "out/.data.parquet.*.tmp"
     assert canonical_name("out/#9988556") == "out/#*"
+    assert canonical_name("out/.data.parquet.rinqdmub.body.tmp") == "out/.data.parquet.*.body.tmp"
+    assert canonical_name("out/data.parquet") == "out/data.parquet"
     assert canonical_name(".state/state.json") == ".state/state.json"
     assert canonical_name(".state/.state.json.q8w7e6rr.tmp") != ".state/state.json"
     for name, token in (("a", "k2j9x0aa"), ("b", "q8w7e6r1")):
