@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfm_conformance.faults import requests as run_requests
 from kfm_conformance.sandbox import FileState, RunResult, Snapshot
 from kfm_conformance.upstream import Exchange
 from kfm_conformance.verdict import Finding, recommended, required
@@ -271,7 +272,7 @@ def no_temporaries(
 def requests_of_run(exchanges: Iterable[Exchange], run: RunResult) -> list[Exchange]:
     """The requests that arrived while the run was under way (times are monotonic, taken
     before the spawn and after the reap)."""
-    return [e for e in exchanges if run.started_at <= e.at <= run.ended_at]
+    return run_requests.requests_of_run(exchanges, run.started_at, run.ended_at)
 
 
 def request_sent(run: RunResult, seen: Sequence[Exchange]) -> Finding:

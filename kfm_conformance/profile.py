@@ -150,6 +150,9 @@ class Limits:
     max_body_bytes: int | None = None
     fetch_timeout_s: float | None = None
     max_redirects: int | None = None
+    #: ``"serialized"``: two runs may be started at once in one working directory, and the
+    #: pipeline keeps every guarantee (a lock, a wait, or a declared failure code).
+    concurrent_runs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -492,6 +495,7 @@ def parse_profile(data: dict[str, Any], path: Path, text: bytes = b"") -> Profil
             max_body_bytes=limits.get("max_body_bytes"),
             fetch_timeout_s=limits.get("fetch_timeout_s"),
             max_redirects=limits.get("max_redirects"),
+            concurrent_runs=limits.get("concurrent_runs"),
         ),
         lakefs_env={**DEFAULT_LAKEFS_ENV, **data.get("lakefs", {})},
         secret_env=frozenset(pipeline.get("secret_env", [])),

@@ -11,9 +11,13 @@ The pipeline is a black box. The harness observes what it does to the file syste
   checks the crash-consistency oracle; it also kills runs at seeded random moments, which needs
   no ``strace``;
 - :mod:`.ioerror` makes one chosen ``write``, ``fsync`` or ``rename`` fail with ``ENOSPC`` or
-  ``EIO``;
-- :mod:`.lint` reads the durable-publication protocol off a trace (temp file beside the output,
-  fsync, rename, directory fsync, state after data);
+  ``EIO``, aimed at the file and the process that makes it (strace's path filter);
+- :mod:`.lint` reads the durable-publication protocol off a trace, following files by inode
+  (the output replaced by a rename and never written in place; as recommendations: fsync,
+  directory fsync, the run-state changed last);
+- :mod:`.campaign_cache` runs each crash campaign once per certification, for every scenario
+  that judges it;
+- :mod:`.requests` attributes the origin's requests to runs (one function, shared);
 - :mod:`.concurrency` runs two instances in one working directory while the upstream changes,
   and polls the output from a reader thread.
 

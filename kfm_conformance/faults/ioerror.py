@@ -3,34 +3,53 @@
 ``ENOSPC`` and ``EIO`` on ``write``, ``fsync`` and ``rename``, one at a time, as SQLite's I/O
 error tests do. The harness first rehearses the publication under ``strace`` in a copy of the
 working directory, finds the call to fail in that trace, and then runs the pipeline for real
-with ``-e inject=NAME:error=ERRNO:when=N`` (``N`` the call's per-thread ordinal, see
-:mod:`.strace`). Which call:
+with ``-e inject=NAME:error=ERRNO:when=N``. Which call (files are followed by inode, see
+:func:`~kfm_conformance.faults.strace.identify_files`):
 
-- ``write``: the first write of the publication, i.e. to the file later renamed onto the output
-  (or to the output itself when the pipeline writes in place);
-- ``fsync``: the first ``fsync``/``fdatasync`` of that file, else the first one in the working
-  directory;
+- ``write``: the first write of the new version, i.e. of the file later renamed onto the output
+  (or of the output itself when the pipeline writes in place);
+- ``fsync``: the first ``fsync``/``fdatasync`` of that file (on any of its descriptors), else the
+  first one in the working directory;
 - ``rename``: the rename onto the output, else the first rename in the working directory.
 
-The injected run's own trace must show the error on that very call (same name, same ordinal,
-same number of steps before it); otherwise the harness could not aim and says so as an
-``error``, never as a verdict on the pipeline. Afterwards the pipeline must have exited with its
-declared ``io_error`` code, left the published output byte-identical and not advanced its
-run-state: the next run against the same upstream must not send the failed version's validators,
-and must publish it.
+How it is aimed. strace counts ``when=N`` per system call and per tracee. When no other tracee
+reaches its own N-th call of that name first, ``N`` is the call's own ordinal. In a pipeline of
+several processes (a shell script running curl, then a converter) another process usually does,
+so the injection is aimed at the file and the process instead: strace's path filter
+(``-P PATH``) restricts tracing, and with it the injection's counting, to the calls that touch
+that file, and ``N`` counts only those. That needs the file's name to be the same from run to
+run, which a second rehearsal confirms.
+
+The injected run's own trace must show the error on that very call; otherwise the harness
+could not aim and says so as an ``error``, never as a verdict on the pipeline.
+
+The outcome judged (:func:`output_after_error`, :func:`state_not_advanced`): the pipeline exits
+with its declared ``io_error`` code; the published output is the old version, byte for byte, or,
+when the failing call came after the new version had been renamed into place (the point of no
+return: an ``fsync`` of the directory after the rename cannot undo it), the new version,
+complete; the run-state does not claim the failed version (the next run must not send its
+validators), and that next run publishes it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kfm_conformance import outputs
 from kfm_conformance.faults import strace
 from kfm_conformance.faults.crash import Recording, record, targetable
 from kfm_conformance.faults.lint import Layout
-from kfm_conformance.faults.strace import RENAME_SYSCALLS, SYNC_SYSCALLS, WRITE_SYSCALLS, Syscall
-from kfm_conformance.sandbox import Sandbox
+from kfm_conformance.faults.strace import (
+    RENAME_SYSCALLS,
+    SYNC_SYSCALLS,
+    WRITE_SYSCALLS,
+    Syscall,
+    decode_string,
+)
+from kfm_conformance.sandbox import FileState, Sandbox, file_state
 from kfm_conformance.upstream import Exchange, Resource
 from kfm_conformance.verdict import Finding, HarnessError, required
 
@@ -44,13 +63,22 @@ ERRNOS = ("ENOSPC", "EIO")
 
 @dataclass(frozen=True)
 class Target:
-    """The call to fail: step ``index`` of the rehearsal, ``when=ordinal`` on ``syscall``."""
+    """The call to fail: step ``index`` of the rehearsal, ``when=ordinal`` on ``syscall``.
+
+    With ``paths`` set, the injection is path-filtered (``-P``) and ``ordinal`` counts only the
+    calls of ``syscall`` that touch those paths."""
 
     family: str
     index: int
     syscall: str
     ordinal: int
     step: str
+    after_commit: bool = False
+    paths: tuple[str, ...] = ()
+
+    @property
+    def aim(self) -> str:
+        return "the file (path filter)" if self.paths else "the call's own number"
 
 
 @dataclass(frozen=True)
@@ -64,45 +92,126 @@ class Injection:
     exit_code: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["target"]["aim"] = self.target.aim
+        return data
 
 
-def choose_target(recording: Recording, layout: Layout, family: str) -> Target | None:
-    """The call of ``family`` to fail in this rehearsal, or ``None`` when it makes none."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown operation {family!r}; known: {sorted(FAMILIES)}")
+def _chosen(recording: Recording, layout: Layout, family: str) -> tuple[Syscall | None, bool]:
+    """The call of ``family`` to fail, and whether it comes after the output's replacement."""
     steps = recording.steps
     commits = [
-        s for s in steps if s.kind == "rename" and layout.is_output(s.target) and not s.failed
+        s
+        for s in steps
+        if s.kind == "rename" and layout.is_output(s.target) and s.finished and not s.failed
     ]
-    published = commits[-1].path if commits else layout.output_path
+    published = commits[-1].file if commits else None
 
-    def first(predicate: Any) -> Syscall | None:
+    def first(predicate: Callable[[Syscall], bool]) -> Syscall | None:
         return next((s for s in steps if predicate(s)), None)
 
     chosen: Syscall | None
     if family == "write":
-        chosen = first(lambda s: s.name in WRITE_SYSCALLS and s.path == published)
-    elif family == "fsync":
-        chosen = first(lambda s: s.name in SYNC_SYSCALLS and s.path == published) or first(
-            lambda s: s.name in SYNC_SYSCALLS
+        chosen = first(
+            lambda s: (
+                s.name in WRITE_SYSCALLS
+                and ((published is not None and s.file == published) or layout.is_output(s.path))
+            )
         )
+    elif family == "fsync":
+        chosen = first(
+            lambda s: s.name in SYNC_SYSCALLS and published is not None and s.file == published
+        ) or first(lambda s: s.name in SYNC_SYSCALLS)
     else:
         chosen = commits[-1] if commits else first(lambda s: s.name in RENAME_SYSCALLS)
+    after = chosen is not None and any(c.seq < chosen.seq for c in commits)
+    return chosen, after
+
+
+def _filter_paths(call: Syscall) -> tuple[str, ...]:
+    """What ``-P`` must name to select ``call``: the absolute paths, and a rename's arguments
+    as the pipeline spelled them (strace compares the strings the call passes)."""
+    spelled = [decode_string(arg) for arg in call.args] if call.kind == "rename" else []
+    found = [*call.paths, *(s for s in spelled if s)]
+    return tuple(dict.fromkeys(p for p in found if not p.startswith("/proc/")))
+
+
+def _filtered(calls: list[Syscall], name: str, paths: tuple[str, ...]) -> list[Syscall]:
+    selected = set(paths)
+    return [
+        c
+        for c in calls
+        if c.name == name
+        and (
+            selected & set(c.paths)
+            or (c.kind == "rename" and selected & {decode_string(a) for a in c.args})
+        )
+    ]
+
+
+def choose_target(
+    recording: Recording,
+    layout: Layout,
+    family: str,
+    rehearse_again: Callable[[], Recording] | None = None,
+) -> Target | None:
+    """The call of ``family`` to fail in this rehearsal, or ``None`` when it makes none.
+
+    ``rehearse_again`` is called only when the call has to be aimed by its file (another
+    process reaches the same call number first), to check that the file's name is stable."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown operation {family!r}; known: {sorted(FAMILIES)}")
+    chosen, after = _chosen(recording, layout, family)
     if chosen is None:
         return None
-    if not targetable(recording.trace.calls, chosen):
+    root = recording.sandbox.workdir
+    steps = recording.steps
+    common = {
+        "family": family,
+        "index": steps.index(chosen),
+        "syscall": chosen.name,
+        "step": chosen.describe(root),
+        "after_commit": after,
+    }
+    if targetable(recording.trace.calls, chosen):
+        return Target(ordinal=chosen.ordinal, **common)  # type: ignore[arg-type]
+    paths = _filter_paths(chosen)
+    same_file = _filtered(recording.trace.calls, chosen.name, paths)
+    mine = [c for c in same_file if c.tid == chosen.tid]
+    ordinal = mine.index(chosen) + 1 if chosen in mine else 0
+    if not paths or not ordinal or not targetable(same_file, replace(chosen, ordinal=ordinal)):
         raise HarnessError(
-            f"cannot aim at {chosen.describe(recording.sandbox.workdir)}: another thread of the "
-            f"pipeline reaches its own {chosen.name} number {chosen.ordinal} first"
+            f"cannot aim at {chosen.describe(root)}: another process of the pipeline reaches "
+            f"its own {chosen.name} number {chosen.ordinal} first, and the file is shared too"
         )
-    return Target(
-        family=family,
-        index=steps.index(chosen),
-        syscall=chosen.name,
-        ordinal=chosen.ordinal,
-        step=chosen.describe(recording.sandbox.workdir),
-    )
+    if rehearse_again is not None:
+        again = rehearse_again()
+        twin, _ = _chosen(again, Layout(again.sandbox.workdir, layout.output, layout.state), family)
+        moved = [_relative(p, again.sandbox.workdir) for p in twin.paths] if twin else []
+        if twin is None or moved != [_relative(p, root) for p in chosen.paths]:
+            seen = twin.describe(again.sandbox.workdir) if twin else "no such call"
+            raise HarnessError(
+                f"cannot aim at {chosen.describe(root)}: another process of the pipeline "
+                f"reaches its own {chosen.name} number {chosen.ordinal} first, and the file's "
+                f"name changes from run to run ({seen} in a second rehearsal), so it cannot be "
+                "named to strace's path filter"
+            )
+    return Target(ordinal=ordinal, paths=paths, **common)  # type: ignore[arg-type]
+
+
+def _relative(path: str, root: Path) -> str:
+    return strace.relative_to(root, path) or path
+
+
+def rebase(target: Target, old_root: Path, new_root: Path) -> Target:
+    """The target, with its filter paths moved from the rehearsal's directory to the run's."""
+    if not target.paths:
+        return target
+    moved = []
+    for path in target.paths:
+        rel = strace.relative_to(old_root, path)
+        moved.append(str(new_root / rel) if rel is not None and path.startswith("/") else path)
+    return replace(target, paths=tuple(dict.fromkeys(moved)))
 
 
 def inject(
@@ -124,21 +233,28 @@ def inject(
         label=f"{target.family} fails with {errno_name}",
         extra_env=extra_env,
         inject=[strace.fail_at(target.syscall, errno_name, target.ordinal)],
+        paths=target.paths,
     )
-    steps = recording.steps
-    hit = [
-        (index, s)
-        for index, s in enumerate(steps)
-        if s.injected and s.name == target.syscall and s.ordinal == target.ordinal
-    ]
-    landed = bool(hit) and hit[0][0] == target.index
-    if hit:
-        where = f"{hit[0][1].describe(sandbox.workdir)} = {hit[0][1].result}"
+    injected = recording.trace.injected()
+    if target.paths:
+        hit = _filtered(injected, target.syscall, target.paths)
+        landed = len(hit) == 1 and len(injected) == 1
+        shown = hit[0] if hit else None
     else:
-        others = recording.trace.injected()
+        steps = recording.steps
+        found = [
+            (index, s)
+            for index, s in enumerate(steps)
+            if s.injected and s.name == target.syscall and s.ordinal == target.ordinal
+        ]
+        landed = bool(found) and found[0][0] == target.index
+        shown = found[0][1] if found else None
+    if shown is not None:
+        where = f"{shown.describe(sandbox.workdir)} = {shown.result}"
+    else:
         where = (
-            f"elsewhere: {others[0].describe(sandbox.workdir)}"
-            if others
+            f"elsewhere: {injected[0].describe(sandbox.workdir)}"
+            if injected
             else "nowhere: not reached"
         )
     return recording, Injection(target, errno_name, landed, where, recording.result.exit_code)
@@ -153,6 +269,47 @@ def require_landed(injection: Injection) -> None:
         )
 
 
+def output_after_error(
+    injection: Injection, published: FileState | None, new: Resource, output: Path
+) -> Finding:
+    """The output after the failed run: the published version byte for byte; or, when the
+    error came after the new version was renamed into place, that new version, complete."""
+    now = file_state(output)
+    unchanged = now is not None and published is not None and now.sha256 == published.sha256
+    whole_new = False
+    detail = ""
+    if not unchanged and now is not None and injection.target.after_commit:
+        try:
+            comparison = outputs.compare_rows(new.body, output)
+            whole_new, detail = comparison.same, comparison.describe()
+        except outputs.UnreadableOutput as exc:
+            detail = str(exc)
+    allowed = (
+        "the published version byte for byte, or the new version complete (the error came "
+        "after the new version was renamed into place, which cannot be undone)"
+        if injection.target.after_commit
+        else "the published version, byte for byte"
+    )
+    return required(
+        "output.after-io-error",
+        unchanged or whole_new,
+        f"after {injection.target.step} failed with {injection.errno} the output is not "
+        + (
+            "the published version, nor the new one complete"
+            if injection.target.after_commit
+            else "the published version"
+        )
+        + (f" ({detail})" if detail else ""),
+        expected=allowed,
+        observed={
+            "sha256": now.sha256 if now else "absent",
+            "published_sha256": published.sha256 if published else None,
+            "new_version_complete": whole_new,
+            "error_after_the_output_was_replaced": injection.target.after_commit,
+        },
+    )
+
+
 def state_not_advanced(exchange: Exchange, failed: Resource, label: str) -> Finding:
     """The request after a failed publication carries none of the failed version's validators."""
     ims, inm = exchange.header("if-modified-since"), exchange.header("if-none-match")
@@ -165,7 +322,7 @@ def state_not_advanced(exchange: Exchange, failed: Resource, label: str) -> Find
         "state.not-advanced",
         not leaked,
         f"{label} sent validators of the version whose publication failed: the run-state "
-        "advanced although the output did not",
+        "advanced although the run reported the failure",
         expected="no validator of the failed version",
         observed={"If-Modified-Since": ims, "If-None-Match": inm},
     )

@@ -1,21 +1,28 @@
 """The durable-publication protocol, read off the system-call trace of a publishing run.
 
-The protocol (as PostgreSQL's ``durable_rename``): write the new version to a temporary file in
-the output's own directory (the same file system: a rename across file systems fails with
-``EXDEV``), flush and ``fsync`` it, ``rename`` it over the output, ``fsync`` the directory; only
-then write the run-state, the same way.
+What atomicity needs is one rename within one file system: the new version is written
+somewhere (beside the output, in a ``.wal/`` directory, or as an anonymous ``O_TMPFILE`` inode
+linked to a temporary name) and then renamed over the output. Where the temporary file lives
+is not judged: a rename that would cross file systems fails with ``EXDEV``, and what the
+pipeline does then (a copy into the output) is judged as what it is, an in-place write.
 
 What is required and what is recommended:
 
-- required: the output is replaced by a rename (never opened for writing, written or truncated
-  in place); the renamed file was in the output's own directory; the run-state is committed only
-  after the output was replaced (state first, then data, is a permanent lost update after a
-  crash between the two);
-- recommended (a process kill keeps the page cache, so only a trace shows these): the temporary
-  file is fsynced after its last write and before the rename; the directory is fsynced after the
-  rename; the state is replaced by a rename too, with the same two fsyncs.
+- required: the output is replaced by a rename, and never opened for writing, written or
+  truncated in place (a copy over the output, ``shutil.move``'s fallback after ``EXDEV``, and a
+  truncation are all in-place writes);
+- recommended (a process kill keeps the page cache, so only a trace shows these; they are
+  PostgreSQL's ``durable_rename``): the renamed file is fsynced (``fsync`` or ``fdatasync``, on
+  any descriptor of that inode) after its last write and before the rename; the directory is
+  fsynced after the rename; the run-state is replaced atomically, with the same two fsyncs;
+- recommended: the run-state's last change comes after the output was replaced. Touching the
+  state early (a lock file, a SQLite database opened and locked at start, a scratch download)
+  is no commit; only the order of the last change is read here, and what the state *claims*
+  after a crash at every point is judged by the crash campaign (:mod:`.crash`), which is the
+  required check.
 
-Functions return :class:`~kfm_conformance.verdict.Finding` objects; the steps judge them.
+Files are followed by inode (:func:`~kfm_conformance.faults.strace.identify_files`), not by
+name. Functions return :class:`~kfm_conformance.verdict.Finding` objects; the steps judge them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from kfm_conformance.faults.strace import Syscall, Trace, relative_to
 from kfm_conformance.verdict import Finding, recommended, required
 
 #: Check names, grouped by what the feature files say about them.
-REPLACEMENT_CHECKS = ("protocol.rename-onto-output", "protocol.temp-beside-output")
+REPLACEMENT_CHECKS = ("protocol.rename-onto-output",)
 IN_PLACE_CHECKS = ("protocol.no-in-place-write",)
 ORDER_CHECKS = ("protocol.state-after-data",)
 DURABILITY_CHECKS = (
@@ -39,6 +46,9 @@ DURABILITY_CHECKS = (
     "protocol.state-temp-fsynced",
     "protocol.state-dir-fsynced",
 )
+#: Files beside a database whose writes make its in-place writes atomic (SQLite's rollback
+#: journal and write-ahead log).
+JOURNAL_SUFFIXES = ("-journal", "-wal")
 
 
 @dataclass(frozen=True)
@@ -107,19 +117,27 @@ def lint_trace(
         if (c.kind in ("write", "truncate") and layout.is_output(c.path))
         or (c.opens_for_writing and layout.is_output(c.path))
     ]
+    cross_fs = [c for c in steps if c.kind == "rename" and c.errno == "EXDEV"]
     findings.append(
         required(
             "protocol.no-in-place-write",
             not in_place,
             f"{context} wrote the published output in place, where readers can see it half "
-            "written: " + ", ".join(_show(in_place, root, 3)),
+            "written"
+            + (
+                " (its rename failed with EXDEV, the temp file being on another file system, "
+                "and the data was copied into the output)"
+                if cross_fs
+                else ""
+            )
+            + ": "
+            + ", ".join(_show(in_place, root, 3)),
             expected="the output only ever replaced by a rename",
-            observed=_show(in_place, root),
+            observed=_show([*cross_fs, *in_place], root),
         )
     )
     renames = [c for c in steps if c.kind == "rename" and layout.is_output(c.target)]
     done = [c for c in renames if not c.failed and c.finished]
-    cross_fs = [c for c in renames if c.errno == "EXDEV"]
     if output_changed:
         findings.append(
             required(
@@ -128,30 +146,13 @@ def lint_trace(
                 f"{context} changed the output without renaming a finished file onto it"
                 + (
                     " (its rename failed with EXDEV: the temp file was on another file system)"
-                    if cross_fs
+                    if any(c.errno == "EXDEV" for c in renames)
                     else ""
                 ),
                 expected=f"rename(<temp file> -> {layout.output})",
                 observed=_show(renames, root) or "no rename onto the output",
             )
         )
-    elsewhere = [c for c in renames if os.path.dirname(c.path or "") != layout.output_dir]
-    findings.append(
-        required(
-            "protocol.temp-beside-output",
-            not elsewhere,
-            f"{context} renamed a file from outside the output's own directory onto it"
-            + (
-                " (another file system: the rename failed with EXDEV and the data was copied)"
-                if cross_fs
-                else ""
-            )
-            + ": "
-            + ", ".join(_show(elsewhere, root, 2)),
-            expected=f"the temp file in {relative_to(root, layout.output_dir) or '.'}/",
-            observed=_show(elsewhere, root),
-        )
-    )
 
     # -- durability of the output ------------------------------------------------------------
     commit = done[-1] if done else None
@@ -159,74 +160,114 @@ def lint_trace(
         findings.append(_temp_fsynced(steps, commit, root, context, "protocol.temp-fsynced"))
         findings.append(_dir_fsynced(steps, commit, root, context, "protocol.dir-fsynced"))
 
-    # -- the run-state: after the data, and durable ------------------------------------------
-    rename_sources = {c.path for c in steps if c.kind == "rename"}
-    state_commits = [
+    # -- the run-state: its last change after the data, and atomic ----------------------------
+    renamed_files = {c.file for c in steps if c.kind in ("rename", "link") and c.file is not None}
+    state_changes = [
         c
         for c in steps
         if c.finished
         and not c.failed
         and (
-            (c.kind == "rename" and layout.is_state(c.target))
+            (c.kind in ("rename", "link") and layout.is_state(c.target))
+            or (c.kind == "unlink" and layout.is_state(c.path))
             or (
                 c.kind in ("write", "truncate")
                 and layout.is_state(c.path)
-                and c.path not in rename_sources
+                and c.file not in renamed_files
             )
         )
     ]
-    if commit is not None and state_commits:
-        early = [c for c in state_commits if c.seq < commit.seq]
+    if commit is not None and state_changes:
+        last = state_changes[-1]
         findings.append(
-            required(
+            recommended(
                 "protocol.state-after-data",
-                not early,
-                f"{context} wrote its run-state before the output was replaced: a crash in "
-                "between leaves a state that claims data that was never published",
-                expected=f"state written after {commit.describe(root)}",
-                observed=_show(early, root),
+                last.seq > commit.seq,
+                f"{context} changed its run-state for the last time before the output was "
+                "replaced (a crash in between leaves a state that may claim data that was "
+                "never published; the crash campaign judges what it claims)",
+                expected=f"the run-state's last change after {commit.describe(root)}",
+                observed=_show([c for c in state_changes if c.seq < commit.seq], root),
             )
         )
-    in_place_state = [c for c in state_commits if c.kind != "rename"]
-    state_renames = [c for c in state_commits if c.kind == "rename"]
-    if state_commits:
+    journaled = {
+        c.path[: -len(suffix)]
+        for c in state_changes
+        for suffix in JOURNAL_SUFFIXES
+        if c.path and c.path.endswith(suffix)
+    }
+    read_back = _read_before_changed(trace, layout, state_changes)
+    in_place_state = [
+        c
+        for c in state_changes
+        if c.kind in ("write", "truncate")
+        and c.path in read_back
+        and c.path not in journaled
+        and not (c.path or "").endswith(JOURNAL_SUFFIXES)
+    ]
+    state_renames = [c for c in state_changes if c.kind == "rename"]
+    if state_changes:
         findings.append(
             recommended(
                 "protocol.state-replaced-by-rename",
                 not in_place_state,
-                f"{context} wrote its run-state in place (a crash can leave it torn)",
-                expected="the state replaced by a rename, like the output",
+                f"{context} wrote its run-state in place without a journal (a crash can leave "
+                "it torn)",
+                expected="the state replaced by a rename, like the output, or journaled",
                 observed=_show(in_place_state, root),
             )
         )
     if state_renames:
-        last = state_renames[-1]
-        findings.append(_temp_fsynced(steps, last, root, context, "protocol.state-temp-fsynced"))
-        findings.append(_dir_fsynced(steps, last, root, context, "protocol.state-dir-fsynced"))
+        last_rename = state_renames[-1]
+        findings.append(
+            _temp_fsynced(steps, last_rename, root, context, "protocol.state-temp-fsynced")
+        )
+        findings.append(
+            _dir_fsynced(steps, last_rename, root, context, "protocol.state-dir-fsynced")
+        )
     return findings
+
+
+def _read_before_changed(trace: Trace, layout: Layout, changes: Sequence[Syscall]) -> set[str]:
+    """State files the run read before it first changed them: the ones whose content the next
+    run trusts. A scratch download, a pid file or a lock written before anything reads it is
+    no claim, and a torn one costs nothing."""
+    first_change: dict[str, int] = {}
+    for change in changes:
+        if change.path is not None:
+            first_change.setdefault(change.path, change.seq)
+    found: set[str] = set()
+    for call in trace.calls:
+        path = call.path
+        if call.kind != "open" or call.opens_for_writing or not layout.is_state(path):
+            continue
+        if path is not None and call.seq < first_change.get(path, call.seq + 1):
+            found.add(path)
+    return found
 
 
 def _temp_fsynced(
     steps: Sequence[Syscall], rename: Syscall, root: Path, context: str, check: str
 ) -> Finding:
-    """The renamed file was fsynced after its last write and before the rename."""
-    source = rename.path
-    writes = [c for c in steps if c.kind in ("write", "create") and c.path == source]
+    """The renamed file (that inode, through any descriptor or name) was fsynced after its last
+    write and before the rename."""
+    source = rename.file
+    writes = [c for c in steps if c.kind in ("write", "create") and c.file == source]
     after = writes[-1].seq if writes else -1
     synced = [
         c
         for c in steps
-        if c.kind == "sync" and c.path == source and after < c.seq < rename.seq and not c.failed
+        if c.kind == "sync" and c.file == source and after < c.seq < rename.seq and not c.failed
     ]
     what = "run-state's" if "state" in check else "output's"
-    shown = relative_to(root, source or "") or source
+    shown = relative_to(root, rename.path or "") or rename.path
     return recommended(
         check,
         bool(synced),
         f"{context} did not fsync the {what} temp file before renaming it (after a power loss "
         "the rename can survive while the data does not)",
-        expected=f"fsync({shown}) before {rename.describe(root)}",
-        observed=_show([c for c in steps if c.path == source], root),
+        expected=f"fsync or fdatasync of {shown} (any descriptor) before {rename.describe(root)}",
+        observed=_show([c for c in steps if c.file == source], root),
     )
 
 

@@ -30,8 +30,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kfm_conformance.verdict import NotApplicable, SkipKind
@@ -46,6 +46,7 @@ WRITE_SYSCALLS = frozenset(
 SYNC_SYSCALLS = frozenset({"fsync", "fdatasync"})
 RENAME_SYSCALLS = frozenset({"rename", "renameat", "renameat2"})
 UNLINK_SYSCALLS = frozenset({"unlink", "unlinkat"})
+LINK_SYSCALLS = frozenset({"link", "linkat"})
 TRUNCATE_SYSCALLS = frozenset({"truncate", "ftruncate"})
 
 #: The write family as an injection set (``?``: no complaint where the name does not exist).
@@ -79,6 +80,8 @@ TRACED_SYSCALLS: tuple[str, ...] = (
     "?renameat2",
     "?unlink",
     "unlinkat",
+    "?link",
+    "linkat",
     "?truncate",
     "ftruncate",
     # Not steps: traced so that threads can be told from processes (see Trace.group_of).
@@ -167,14 +170,20 @@ def wrapper(
     *,
     inject: Sequence[str] = (),
     syscalls: Sequence[str] = TRACED_SYSCALLS,
+    paths: Sequence[str] = (),
     executable: str | None = None,
 ) -> list[str]:
     """The argv prefix that runs a pipeline under strace, writing the trace to ``trace_file``.
 
-    Every injection traces the same set as a plain recording, so ordinals agree.
+    Every injection traces the same set as a plain recording, so ordinals agree. ``paths``
+    restricts tracing, and so the counting of ``when=`` (strace filters a call by path before
+    it decides on an injection), to the calls that touch one of them (``-P``; a descriptor
+    matches by the absolute path it refers to, a path argument by its exact spelling).
     """
     exe = executable or probe().executable or "strace"
     argv = [exe, "-f", "-y", "-s", "24", "-o", str(trace_file), "-e", "trace=" + ",".join(syscalls)]
+    for path in paths:
+        argv += ["-P", path]
     for spec in inject:
         argv += ["-e", f"inject={spec}"]
     return argv
@@ -210,6 +219,9 @@ class Syscall:
     ordinal: int
     paths: tuple[str, ...] = ()
     flags: frozenset[str] = frozenset()
+    #: The file (inode) the call acts on, as numbered by :func:`identify_files`: the same
+    #: number for every descriptor and every name of one file (a rename's or link's source).
+    file: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -240,9 +252,10 @@ class Syscall:
 
     @property
     def kind(self) -> str:
-        """``create``, ``open``, ``write``, ``sync``, ``rename``, ``unlink``, ``truncate``."""
+        """``create``, ``open``, ``write``, ``sync``, ``rename``, ``unlink``, ``link``,
+        ``truncate``."""
         if self.name in OPEN_SYSCALLS:
-            if self.name == "creat" or "O_CREAT" in self.flags or "O_TRUNC" in self.flags:
+            if self.name == "creat" or self.flags & {"O_CREAT", "O_TRUNC", "O_TMPFILE"}:
                 return "create"
             return "open"
         if self.name in WRITE_SYSCALLS:
@@ -253,6 +266,8 @@ class Syscall:
             return "rename"
         if self.name in UNLINK_SYSCALLS:
             return "unlink"
+        if self.name in LINK_SYSCALLS:
+            return "link"
         if self.name in TRUNCATE_SYSCALLS:
             return "truncate"
         return "other"
@@ -260,7 +275,7 @@ class Syscall:
     @property
     def is_step(self) -> bool:
         """A file-system step: a call that changes a file, or makes its changes durable."""
-        return self.kind in ("create", "write", "sync", "rename", "unlink", "truncate")
+        return self.kind in ("create", "write", "sync", "rename", "unlink", "link", "truncate")
 
     @property
     def opens_for_writing(self) -> bool:
@@ -274,13 +289,23 @@ class Syscall:
         return self.paths[0] if self.paths else None
 
     @property
+    def fd(self) -> int | None:
+        """The descriptor a write, sync or ftruncate acts on (an open's result)."""
+        if self.name in OPEN_SYSCALLS:
+            return self.retval if self.retval is not None and self.retval >= 0 else None
+        fd_arg = _arg(self.args, 2 if self.name == "copy_file_range" else 0)
+        match = re.match(r"(\d+)<", fd_arg)
+        return int(match.group(1)) if match else None
+
+    @property
     def target(self) -> str | None:
-        """A rename's destination; otherwise the file the call acts on."""
+        """A rename's or link's destination; otherwise the file the call acts on."""
         return self.paths[-1] if self.paths else None
 
     def describe(self, root: Path | None = None) -> str:
         shown = [_display(p, root) for p in self.paths]
-        where = " -> ".join(shown) if self.kind == "rename" else (shown[0] if shown else "?")
+        joined = self.kind in ("rename", "link")
+        where = " -> ".join(shown) if joined else (shown[0] if shown else "?")
         return f"{self.name}({where})"
 
 
@@ -339,7 +364,7 @@ _LINE = re.compile(r"^(?:(?P<tid>\d+)\s+)?(?P<rest>.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<tail>.*)$")
 _CALL = re.compile(r"^(?P<name>\w+)\((?P<body>.*)$")
 _UNFINISHED = " <unfinished ...>"
-_FD = re.compile(r"^(?:-?\d+|AT_FDCWD)<(?P<path>.*)>$")
+_FD = re.compile(r"^(?:-?\d+|AT_FDCWD)<(?P<path>.*)>(?:\(deleted\))?$")
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a", "b": "\b"}
 
@@ -422,7 +447,65 @@ def parse_trace(text: str, cwd: Path | str | None = None) -> Trace:
                 flags=flags,
             )
         )
-    return Trace(calls=calls, endings=endings, groups=groups)
+    return Trace(calls=identify_files(calls, groups), endings=endings, groups=groups)
+
+
+_PROC_FD = re.compile(r"^/proc/(?:self|\d+)/fd/(\d+)$")
+
+
+def identify_files(calls: Sequence[Syscall], groups: dict[int, int]) -> list[Syscall]:
+    """Number the files (inodes) the calls act on, following descriptors and names.
+
+    A file keeps its number through every descriptor opened on it (per process; a forked child
+    inherits its parent's), every rename and every link: an anonymous ``O_TMPFILE`` inode that
+    is written, fsynced, ``linkat``-ed to a temporary name and renamed over the output is one
+    file from its ``openat`` to the rename. Calls that act on no file keep ``None``."""
+    numbers = iter(range(1, 1 << 30))
+    by_name: dict[str, int] = {}
+    by_fd: dict[tuple[int, int], int] = {}
+    found: list[Syscall] = []
+
+    def named(path: str) -> int:
+        if path not in by_name:
+            by_name[path] = next(numbers)
+        return by_name[path]
+
+    for call in calls:
+        group = groups.get(call.tid, call.tid)
+        file: int | None = None
+        if call.name in CLONE_SYSCALLS and call.retval and call.retval > 0:
+            child = groups.get(call.retval, call.retval)
+            if child != group:  # a new process: it inherits the parent's descriptors
+                for (owner, inherited), number in list(by_fd.items()):
+                    if owner == group:
+                        by_fd[(child, inherited)] = number
+        elif call.name in OPEN_SYSCALLS:
+            if call.path is not None and call.fd is not None:
+                file = named(call.path)
+                by_fd[(group, call.fd)] = file
+        elif call.kind in ("write", "sync", "truncate") and call.name != "truncate":
+            descriptor = call.fd
+            if descriptor is not None and (group, descriptor) in by_fd:
+                file = by_fd[(group, descriptor)]
+            elif call.path is not None:
+                file = named(call.path)
+        elif call.kind in ("rename", "link") and len(call.paths) == 2:
+            source, target = call.paths
+            proc_fd = _PROC_FD.match(source)
+            if proc_fd and (group, int(proc_fd.group(1))) in by_fd:
+                file = by_fd[(group, int(proc_fd.group(1)))]
+            else:
+                file = named(source)
+            if call.finished and not call.failed:
+                by_name[target] = file
+                if call.kind == "rename":
+                    by_name.pop(source, None)
+        elif call.kind in ("unlink", "truncate") and call.path is not None:
+            file = by_name.get(call.path)
+            if call.kind == "unlink" and call.finished and not call.failed:
+                by_name.pop(call.path, None)
+        found.append(replace(call, file=file) if file is not None else call)
+    return found
 
 
 def read_trace(path: Path, cwd: Path | str | None = None) -> Trace:
@@ -435,7 +518,7 @@ def read_trace(path: Path, cwd: Path | str | None = None) -> Trace:
 
 def _split_result(body: str) -> tuple[str, str | None]:
     """``args) = result`` -> (``args``, ``result``); result ``None`` when there is none."""
-    close = _matching_paren(body)
+    close = next((i for i, char, depth in _top_level(body) if char == ")" and depth == 0), None)
     if close is None:
         return body, None
     args = body[:close]
@@ -445,7 +528,10 @@ def _split_result(body: str) -> tuple[str, str | None]:
     return args, None
 
 
-def _matching_paren(text: str) -> int | None:
+def _top_level(text: str) -> Iterator[tuple[int, str, int]]:
+    """The one scanner of strace's argument text: every character outside quoted strings and
+    ``-y`` annotations (``<out/x>``, ``<TCP:[1.2.3.4:5->6.7.8.9:80]>``), with the bracket depth
+    it stands at (a closing bracket at depth 0 closes the call's own argument list)."""
     depth = 0
     index = 0
     while index < len(text):
@@ -456,14 +542,12 @@ def _matching_paren(text: str) -> int | None:
         if char == "<":
             index = _skip_annotation(text, index)
             continue
+        yield index, char, depth
         if char in "([{":
             depth += 1
         elif char in ")]}":
-            if depth == 0 and char == ")":
-                return index
             depth -= 1
         index += 1
-    return None
 
 
 def _skip_string(text: str, start: int) -> int:
@@ -491,25 +575,11 @@ def _skip_annotation(text: str, start: int) -> int:
 def split_args(body: str) -> list[str]:
     """Split a call's argument text at top-level commas."""
     args: list[str] = []
-    depth = 0
     start = 0
-    index = 0
-    while index < len(body):
-        char = body[index]
-        if char == '"':
-            index = _skip_string(body, index)
-            continue
-        if char == "<":
-            index = _skip_annotation(body, index)
-            continue
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
+    for index, char, depth in _top_level(body):
+        if char == "," and depth == 0:
             args.append(body[start:index].strip())
             start = index + 1
-        index += 1
     last = body[start:].strip()
     if last:
         args.append(last)
@@ -591,6 +661,16 @@ def _paths_of(
         paths += [_at(_arg(args, 0), _arg(args, 1), cwd), _at(_arg(args, 2), _arg(args, 3), cwd)]
         if name == "renameat2":
             flags = frozenset(_arg(args, 4).split("|"))
+    elif name == "link":
+        paths += [
+            _join(cwd, decode_string(_arg(args, 0))),
+            _join(cwd, decode_string(_arg(args, 1))),
+        ]
+    elif name == "linkat":
+        flags = frozenset(_arg(args, 4).split("|"))
+        empty = decode_string(_arg(args, 1)) == "" and "AT_EMPTY_PATH" in flags
+        source = _fd_path(_arg(args, 0)) if empty else _at(_arg(args, 0), _arg(args, 1), cwd)
+        paths += [source, _at(_arg(args, 2), _arg(args, 3), cwd)]
     elif name in ("unlink", "truncate"):
         paths.append(_join(cwd, decode_string(_arg(args, 0))))
     elif name == "unlinkat":

@@ -58,14 +58,14 @@ Feature: Write-ahead temp file, then atomic replace
     And after every kill the next normal run publishes the new version
 
   @id:a-disk-error-while-publishing-an-update-leaves-the-published-version-in-place
-  Scenario Outline: A disk error while publishing an update leaves the published version in place
+  Scenario Outline: A disk error while publishing an update leaves a whole version published, and the next run repairs it
     Given the system-call tracer is available
     And the upstream serves 2000 rows
     And the pipeline has published once
     When the upstream moves to a new version of 2500 rows
     And the pipeline runs while its first <operation> for the new version fails with <error>
     Then it exits with the code declared for "io_error"
-    And the output's bytes are unchanged
+    And the output is the published version, or the new version complete where the error came after the new version was in place
     When the pipeline runs again
     Then its request carried no validator of the version it failed to publish
     And it exits with the code declared for "published"
@@ -80,13 +80,19 @@ Feature: Write-ahead temp file, then atomic replace
       | rename    | ENOSPC |
       | rename    | EIO    |
 
-  @id:the-system-calls-of-a-publication-show-a-temporary-file-beside-the-output-renamed-over-it-before-the-run-state
-  Scenario: The system calls of a publication show a temporary file beside the output, renamed over it, before the run-state
+  @id:the-system-calls-of-a-publication-show-the-output-replaced-by-a-rename-never-written-in-place
+  Scenario: The system calls of a publication show the output replaced by a rename, never written in place
     Given the system-call tracer is available
     When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
-    Then the new version is written to a temporary file in the output's own directory and renamed over the output
-    And the output is never written in place
-    And the run-state is written only after the output is replaced
+    Then each new version is written to another file and renamed over the output
+    And the output is never written in place or truncated
+
+  @id:the-system-calls-of-a-publication-show-the-run-state-changed-last-after-the-output
+  @recommended
+  Scenario: The system calls of a publication show the run-state changed last, after the output
+    Given the system-call tracer is available
+    When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
+    Then the run-state changes for the last time only after the output is replaced
 
   @id:the-system-calls-of-a-publication-show-every-file-flushed-to-disk-before-it-is-renamed
   @recommended
@@ -97,7 +103,8 @@ Feature: Write-ahead temp file, then atomic replace
 
   @id:two-runs-at-once-in-one-working-directory-while-the-upstream-changes-leave-a-whole-output-and-a-matching-run-state
   Scenario Outline: Two runs at once in one working directory, while the upstream changes, leave a whole output and a matching run-state
-    Given the upstream serves 2000 rows
+    Given the profile declares that runs sharing a working directory are serialized
+    And the upstream serves 2000 rows
     When a second run starts in the same working directory while the first is <busy>, after the upstream moved to a new version of 2500 rows, and a reader polls the output meanwhile
     Then both runs end with a code the profile declares
     And the reader only ever saw no output or a whole version of the data

@@ -9,6 +9,7 @@ denied; the time-based kills and the concurrent runs without slowed writes need 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from kfm_conformance.faults import strace
+from kfm_conformance.faults.campaign_cache import campaign_key, shared_campaign
 from kfm_conformance.faults.concurrency import (
     ConcurrentOutcome,
     KillRestartOutcome,
@@ -37,8 +39,17 @@ from kfm_conformance.faults.crash import (
     record,
     require_some_crash,
     run_campaign,
+    run_from_json,
 )
-from kfm_conformance.faults.ioerror import choose_target, inject, require_landed, state_not_advanced
+from kfm_conformance.faults.ioerror import (
+    Injection,
+    choose_target,
+    inject,
+    output_after_error,
+    rebase,
+    require_landed,
+    state_not_advanced,
+)
 from kfm_conformance.faults.lint import (
     DURABILITY_CHECKS,
     IN_PLACE_CHECKS,
@@ -68,6 +79,7 @@ class FaultsWorld:
     concurrent: ConcurrentOutcome | None = None
     kill_restart: KillRestartOutcome | None = None
     reader: tuple[list[tuple[str, str | None]], int, str, str] | None = None
+    injection: Injection | None = None
 
 
 @pytest.fixture
@@ -104,7 +116,9 @@ _UPDATE = re.compile(r"an update from (\d+) rows to (\d+) rows")
         r"one run per step$"
     )
 )
-def killed_at_each_step(kfm: ScenarioContext, kfm_faults: FaultsWorld, publication: str) -> None:
+def killed_at_each_step(
+    request: pytest.FixtureRequest, kfm: ScenarioContext, kfm_faults: FaultsWorld, publication: str
+) -> None:
     strace.require_strace()
     first, update = _FIRST.fullmatch(publication), _UPDATE.fullmatch(publication)
     if update:
@@ -116,22 +130,57 @@ def killed_at_each_step(kfm: ScenarioContext, kfm_faults: FaultsWorld, publicati
         case = FIRST_PUBLICATION
     else:
         raise ValueError(f"unknown publication {publication!r}")
-    result = run_campaign(
-        kfm.profile,
-        kfm.make_sandbox,
+    key = campaign_key(
+        profile=str(kfm.profile.path),
+        profile_sha256=kfm.profile.digest,
         case=case,
-        old=old.resource if old else None,
-        new=new.resource,
-        extra_env=kfm.extra_env,
+        old=_fingerprint(old.resource) if old else None,
+        new=_fingerprint(new.resource),
+        seed=kfm.seed,
         workers=CAMPAIGN_WORKERS,
         timed_kills=CAMPAIGN_TIMED_KILLS,
-        seed=kfm.seed,
     )
-    kfm.other_sandboxes.extend(result.keep)
-    kfm.evidence["crash_campaign"] = result.to_evidence()
+    owner = f"{request.node.nodeid}"
+    shared = shared_campaign(
+        key,
+        owner,
+        lambda: run_campaign(
+            kfm.profile,
+            kfm.make_sandbox,
+            case=case,
+            old=old.resource if old else None,
+            new=new.resource,
+            extra_env=kfm.extra_env,
+            workers=CAMPAIGN_WORKERS,
+            timed_kills=CAMPAIGN_TIMED_KILLS,
+            seed=kfm.seed,
+        ),
+    )
+    result = shared.result
+    evidence = result.to_evidence()
+    if shared.reused_from is None:
+        kfm.other_sandboxes.extend(result.keep)
+    else:
+        evidence["reused_from"] = shared.reused_from
+        evidence["note"] = (
+            "this campaign ran once for every scenario that judges it; its runs are shown here "
+            "as the scenario that ran it recorded them"
+        )
+        holder = kfm.fresh_sandbox()
+        for run in result.to_json()["runs"]:
+            holder.record(run_from_json(run))
+    kfm.evidence["crash_campaign"] = evidence
     kfm_faults.campaign = result
     kfm.judge.apply(result.exploration_findings())
     require_some_crash(result)
+
+
+def _fingerprint(resource: Resource) -> dict[str, str | None]:
+    return {
+        "body_sha256": hashlib.sha256(resource.body).hexdigest(),
+        "last_modified": resource.last_modified,
+        "etag": resource.etag,
+    }
 
 
 def _campaign(world: FaultsWorld) -> CampaignResult:
@@ -165,7 +214,6 @@ def _recorded(
     recording = record(
         kfm.sandbox, kfm.origin.url, world.scratch, label=label, extra_env=kfm.extra_env
     )
-    kfm.all_runs.append(recording.result)
     kfm.expect_exit("published")
     kfm.expect_output_rows()
     before = recording.result.files_before.get(kfm.profile.output)
@@ -197,20 +245,17 @@ def protocol_recorded(
     kfm_faults.lint = found + more
 
 
-@then(
-    "the new version is written to a temporary file in the output's own directory and renamed "
-    "over the output"
-)
+@then("each new version is written to another file and renamed over the output")
 def protocol_replacement(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None:
     kfm.judge.apply(select(kfm_faults.lint, REPLACEMENT_CHECKS))
 
 
-@then("the output is never written in place")
+@then("the output is never written in place or truncated")
 def protocol_not_in_place(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None:
     kfm.judge.apply(select(kfm_faults.lint, IN_PLACE_CHECKS))
 
 
-@then("the run-state is written only after the output is replaced")
+@then("the run-state changes for the last time only after the output is replaced")
 def protocol_state_after_data(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None:
     kfm.judge.apply(select(kfm_faults.lint, ORDER_CHECKS))
 
@@ -240,35 +285,52 @@ def runs_with_io_error(
     kfm: ScenarioContext, kfm_faults: FaultsWorld, operation: str, error: str
 ) -> None:
     strace.require_strace()
-    rehearsal = kfm.fresh_sandbox()
-    shutil.copytree(kfm.sandbox.workdir, rehearsal.workdir, dirs_exist_ok=True, symlinks=True)
-    recording = record(
-        rehearsal,
-        kfm.origin.url,
-        kfm_faults.scratch,
-        label="rehearsal under strace, in a copy of the working directory",
-        extra_env=kfm.extra_env,
-    )
-    layout = Layout(rehearsal.workdir, kfm.profile.output, kfm.profile.state)
-    target = choose_target(recording, layout, operation)
+
+    def rehearse() -> Recording:
+        rehearsal = kfm.fresh_sandbox()
+        shutil.copytree(kfm.sandbox.workdir, rehearsal.workdir, dirs_exist_ok=True, symlinks=True)
+        return record(
+            rehearsal,
+            kfm.origin.url,
+            kfm_faults.scratch,
+            label="rehearsal under strace, in a copy of the working directory",
+            extra_env=kfm.extra_env,
+        )
+
+    recording = rehearse()
+    layout = Layout(recording.sandbox.workdir, kfm.profile.output, kfm.profile.state)
     kfm.evidence["io_error"] = {"rehearsal_steps": recording.describe_steps()}
+    target = choose_target(recording, layout, operation, rehearse_again=rehearse)
     if target is None:
         raise NotApplicable(
             f"not applicable: the publishing run makes no {operation} call in its working "
             "directory (see the durability checks)",
             SkipKind.NOT_DECLARED,
         )
+    target = rebase(target, recording.sandbox.workdir, kfm.sandbox.workdir)
     injected, injection = inject(
         kfm.sandbox, kfm.origin.url, kfm_faults.scratch, target, error, extra_env=kfm.extra_env
     )
-    kfm.all_runs.append(injected.result)
     kfm.evidence["io_error"]["injection"] = injection.to_json()
+    kfm_faults.injection = injection
     require_landed(injection)
-    kfm.judge.require(
-        "run.finished",
-        not injected.result.timed_out,
-        f"the pipeline did not finish within {kfm.profile.timeout_s:g} s after a failed "
-        f"{operation} and was killed",
+    kfm.expect_finished(injected.result)
+
+
+@then(
+    "the output is the published version, or the new version complete where the error came "
+    "after the new version was in place"
+)
+def output_after_io_error(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None:
+    if kfm_faults.injection is None:
+        raise HarnessError("no I/O error was injected in this scenario")
+    kfm.judge.apply(
+        output_after_error(
+            kfm_faults.injection,
+            kfm.current_published_state(),
+            kfm.current.resource,
+            kfm.sandbox.output_path,
+        )
     )
 
 
@@ -279,6 +341,11 @@ def no_validator_of_failed_version(kfm: ScenarioContext) -> None:
 
 
 # -- two runs at once ---------------------------------------------------------------------------
+@given("the profile declares that runs sharing a working directory are serialized")
+def declares_serialized_runs(kfm: ScenarioContext) -> None:
+    kfm.require_declared("concurrent_runs")
+
+
 @when(
     parsers.re(
         r"a second run starts in the same working directory while the first is "
@@ -316,7 +383,6 @@ def two_runs(kfm: ScenarioContext, kfm_faults: FaultsWorld, busy: str, count: st
         )
     finally:
         book.close()
-    kfm.all_runs.extend(outcome.runs)
     kfm.evidence["two_runs"] = outcome.to_evidence()
     kfm_faults.concurrent = outcome
     kfm_faults.reader = (outcome.seen, outcome.reads, outcome.final, "while two runs shared it")

@@ -95,3 +95,27 @@ def test_without_strace_only_the_time_based_kills_run(tmp_path: Path) -> None:
     result = campaign(tmp_path, "kfm_fixture.py", UPDATE, use_strace=False, timed_kills=3)
     assert [p.kind for p in result.points] == ["timed"] * 3
     assert all(p.ok for p in result.points), [p.to_json() for p in result.points]
+
+
+@pytest.mark.faults
+@needs_strace
+def test_identical_states_are_recovered_once(tmp_path: Path) -> None:
+    result = campaign(tmp_path, "kfm_fixture.py", UPDATE)
+    digests = [p.state_digest for p in result.points]
+    assert result.distinct_states == len(set(digests)) < len(result.points)
+    assert result.recovery_runs == result.distinct_states
+    first_of = {}
+    for point in result.points:
+        if point.recovery_reused_from is None:
+            first_of[point.state_digest] = point
+    for point in result.points:
+        if point.recovery_reused_from is not None:
+            twin = first_of[point.state_digest]
+            assert point.recovery_reused_from == twin.label
+            assert point.recovery_validators == twin.recovery_validators
+    summary = result.summary()
+    assert summary["distinct_states"] == result.distinct_states
+    assert summary["recovery_runs"] == result.recovery_runs
+    again = CampaignResult.from_json(result.to_json())
+    assert [p.to_json() for p in again.points] == [p.to_json() for p in result.points]
+    assert again.to_json()["runs"], "a campaign read back carries its runs"

@@ -1,0 +1,78 @@
+"""A crash campaign runs once per certification: a second scenario asking for the same one
+(same key) gets the first one's result, in the same process or, through the run's directory,
+in another pytest-xdist worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfm_conformance.faults import campaign_cache
+from kfm_conformance.faults.campaign_cache import campaign_key, shared_campaign
+from kfm_conformance.faults.crash import CampaignResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def result(case: str = "update") -> CampaignResult:
+    return CampaignResult(
+        case=case,
+        recording_steps=["rename(a -> b)"],
+        recording_exit=0,
+        recording_problem=None,
+        points=[],
+        unreachable=[],
+        duration_s=1.5,
+    )
+
+
+def test_the_key_depends_on_every_input() -> None:
+    assert campaign_key(case="update", seed=1) == campaign_key(seed=1, case="update")
+    assert campaign_key(case="update", seed=1) != campaign_key(case="update", seed=2)
+
+
+def test_in_one_process_the_second_asker_reuses_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(campaign_cache.RUN_ID_ENV, raising=False)
+    monkeypatch.setattr(campaign_cache, "_memory", {})
+    calls: list[str] = []
+
+    def compute() -> CampaignResult:
+        calls.append("ran")
+        return result()
+
+    first = shared_campaign("k", "scenario A", compute)
+    second = shared_campaign("k", "scenario B", compute)
+    assert calls == ["ran"]
+    assert first.reused_from is None and second.reused_from == "scenario A"
+    assert second.result is first.result
+
+
+def test_another_worker_reads_the_result_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    run_id = f"test{tmp_path.name}".replace("_", "")
+    monkeypatch.setenv(campaign_cache.RUN_ID_ENV, run_id)
+    monkeypatch.setattr(campaign_cache, "_memory", {})
+    shared_campaign("k2", "scenario A", result)
+    program = (
+        "from kfm_conformance.faults.campaign_cache import shared_campaign\n"
+        "def fail():\n    raise SystemExit('computed again')\n"
+        "shared = shared_campaign('k2', 'scenario B', fail)\n"
+        "print(shared.reused_from, shared.result.case, shared.result.duration_s)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, campaign_cache.RUN_ID_ENV: run_id},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["scenario", "A", "update", "1.5"]
