@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, REFERENCE_PROFILE, certify, fixture_profile, load_report
+from conftest import (
+    FIXTURES,
+    REFERENCE_PROFILE,
+    certify,
+    fixture_profile,
+    guarantee_row,
+    load_report,
+)
 
 from kfm_conformance import isolation
 
@@ -96,21 +103,23 @@ def _attack(tmp_path: Path, attack: str, *extra: str, **env: str) -> tuple[int, 
     return done.returncode, report
 
 
-def _row(report: dict[str, Any], guarantee: str) -> dict[str, Any]:
-    return next(g for g in report["guarantees"] if g["id"] == guarantee)
+def _runs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of the certification's deterministic-output scenarios."""
+    scenarios = guarantee_row(report, "deterministic-output")["scenarios"]
+    return [r for s in scenarios for r in s["evidence"]["runs"]]
 
 
 def test_a_detached_helper_cannot_rewrite_or_swap_results(tmp_path: Path) -> None:
     _, report = _attack(tmp_path, "forge-results")
     assert report["isolated"] is True
-    row = _row(report, "deterministic-output")
+    row = guarantee_row(report, "deterministic-output")
     assert row["verdict"] == "fail"
     assert not report["problems"], report["problems"]
 
 
 def test_a_pipeline_that_kills_its_worker_cannot_make_scenarios_vanish(tmp_path: Path) -> None:
     _, report = _attack(tmp_path, "kill-worker", "-j", "2")
-    assert _row(report, "deterministic-output")["verdict"] == "fail"
+    assert guarantee_row(report, "deterministic-output")["verdict"] == "fail"
 
 
 def test_without_isolation_a_killed_worker_is_visible_not_certified(tmp_path: Path) -> None:
@@ -123,16 +132,14 @@ def test_without_isolation_a_killed_worker_is_visible_not_certified(tmp_path: Pa
 
 def test_a_hook_cannot_be_planted_in_the_harness_interpreter(tmp_path: Path) -> None:
     _, report = _attack(tmp_path, "plant-hook")
-    assert _row(report, "deterministic-output")["verdict"] == "fail"
+    assert guarantee_row(report, "deterministic-output")["verdict"] == "fail"
     for directory in [*site.getsitepackages(), *sys.path]:
         assert not Path(directory, "zz_kfm_forge.pth").exists(), directory
 
 
 def test_the_harness_environment_cannot_be_read_through_proc(tmp_path: Path) -> None:
     _, report = _attack(tmp_path, "read-environ")
-    runs = [
-        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
-    ]
+    runs = _runs(report)
     assert runs
     # Only the sandbox's own processes are visible: none of them is the harness, whose
     # environment has pytest's own variables.
@@ -149,17 +156,13 @@ def test_a_write_outside_the_working_directory_fails(tmp_path: Path) -> None:
         assert not canary.exists()
     finally:
         shutil.rmtree(outside, ignore_errors=True)
-    runs = [
-        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
-    ]
+    runs = _runs(report)
     assert runs and all("Read-only file system" in r["stderr_tail"] for r in runs)
 
 
 def test_500_mb_on_stdout_is_kept_as_a_bounded_tail(tmp_path: Path) -> None:
     _, report = _attack(tmp_path, "flood-stdout")
-    runs = [
-        r for s in _row(report, "deterministic-output")["scenarios"] for r in s["evidence"]["runs"]
-    ]
+    runs = _runs(report)
     assert runs and all(r["stdout_bytes"] >= 500 * (1 << 20) for r in runs)
     assert all(len(r["stdout_tail"]) < 4096 + 100 for r in runs)
 
@@ -180,7 +183,7 @@ def test_a_straggler_that_calls_setsid_is_killed_and_named(tmp_path: Path) -> No
     report = load_report(report_dir)
     scenario = next(
         s
-        for s in _row(report, "exit-codes")["scenarios"]
+        for s in guarantee_row(report, "exit-codes")["scenarios"]
         if s["check_id"] == "exit-codes/nothing-of-a-run-goes-on-after-it-exits"
     )
     assert scenario["verdict"] == "fail"
