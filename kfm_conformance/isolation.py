@@ -99,10 +99,18 @@ def choose(requested: str) -> IsolationChoice:
     return IsolationChoice(Isolation.NONE, requested, f"{why}; to enable: {HOW_TO_ENABLE}")
 
 
-def _base_argv(bwrap: str, workdir: Path, private_tmp: Path, writable: Sequence[Path]) -> list[str]:
+def _base_argv(
+    bwrap: str,
+    workdir: Path,
+    private_tmp: Path,
+    writable: Sequence[Path],
+    readable: Sequence[Path] = (),
+) -> list[str]:
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     if private_tmp != Path("/"):
         argv += ["--bind", str(private_tmp), "/tmp"]
+    for path in readable:  # the pipeline's own files, where the private /tmp would hide them
+        argv += ["--ro-bind", str(path), str(path)]
     for path in writable:
         argv += ["--bind", str(path), str(path)]
     if workdir != Path("/"):
@@ -111,17 +119,33 @@ def _base_argv(bwrap: str, workdir: Path, private_tmp: Path, writable: Sequence[
     return argv
 
 
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """The paths that lie inside none of the others, in order, once each."""
+    chosen: list[Path] = []
+    for path in sorted(set(paths), key=lambda p: len(p.parts)):
+        if path.exists() and not any(path.is_relative_to(c) for c in chosen):
+            chosen.append(path)
+    return chosen
+
+
 def sandbox_argv(
-    workdir: Path, private_tmp: Path, writable: Sequence[Path] = (), hidden: Sequence[Path] = ()
+    workdir: Path,
+    private_tmp: Path,
+    writable: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
+    readable: Sequence[Path] = (),
 ) -> list[str]:
     """bwrap's argv up to and including ``--``: the command follows.
 
-    ``hidden`` paths (the harness's results) are covered by an empty read-only tmpfs.
+    ``readable`` paths under ``/tmp`` (the profile's directory, the program's) stay visible,
+    read-only, over the private ``/tmp``; ``hidden`` paths (the harness's results) are covered
+    by an empty read-only tmpfs.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise ConfigurationError(f"--isolation namespaces: bwrap is not installed; {HOW_TO_ENABLE}")
-    argv = _base_argv(bwrap, workdir, private_tmp, writable)
+    under_tmp = [p for p in readable if p.is_relative_to("/tmp") and p != Path("/tmp")]
+    argv = _base_argv(bwrap, workdir, private_tmp, writable, _outermost(under_tmp))
     for path in hidden:
         if path.is_dir():
             argv += ["--tmpfs", str(path), "--remount-ro", str(path)]

@@ -379,8 +379,12 @@ class Sandbox:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]
         writable += [p for p in _wrapper_outputs(wrapper) if p not in writable]
+        readable = [self.profile.profile_dir.resolve()]
+        readable += [Path(a).resolve().parent for a in argv if a.startswith("/")]
         return [
-            *isolation.sandbox_argv(self.workdir, private_tmp, writable, HIDDEN_PATHS),
+            *isolation.sandbox_argv(
+                self.workdir, private_tmp, writable, HIDDEN_PATHS, readable=readable
+            ),
             *command,
         ]
 
