@@ -249,6 +249,30 @@ def inject(
         ]
         landed = bool(found) and found[0][0] == target.index
         shown = found[0][1] if found else None
+    if not landed and injected and not target.paths:
+        # Another thread of the pipeline reached its own call of the same number first (a
+        # thread pool's writes come in any order): the error landed on another call of this
+        # publication in the working directory. The guarantee is about a disk error while
+        # publishing, not about which call: judge the outcome for the call it hit, noting it.
+        first = injected[0]
+        inside = bool(first.paths) and all(
+            strace.relative_to(sandbox.workdir, p) is not None for p in first.paths
+        )
+        if first.name == target.syscall and inside:
+            output = str(sandbox.output_path)
+            replaced_before = any(
+                c.kind == "rename" and c.target == output and c.seq < first.seq
+                for c in recording.trace.calls
+                if not c.injected and c.finished
+            )
+            where = (
+                f"{first.describe(sandbox.workdir)} = {first.result} (not the aimed call: "
+                "another thread reached its own call of that number first; judged for the "
+                "call it hit"
+                + (", which came after the output was replaced)" if replaced_before else ")")
+            )
+            target = replace(target, after_commit=replaced_before)
+            return recording, Injection(target, errno_name, True, where, recording.result.exit_code)
     if shown is not None:
         where = f"{shown.describe(sandbox.workdir)} = {shown.result}"
     else:
