@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh              Debian packages + pip install -e ".[dev]"
 #   scripts/setup.sh --services   ... and build Marquez, lakeFS and the Collector
-#                                 into ${KFM_CACHE_DIR:-$HOME/.cache/kfm-conformance}
+#                                 into ${KFM_CACHE_DIR:-$HOME/.cache/kfm-conformance},
+#                                 and install Airflow 3 there (scripts/setup-airflow.sh)
 #
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
@@ -50,5 +51,6 @@ if [ "$WITH_SERVICES" -eq 1 ]; then
   # Marquez build is reported, and the tests that need Marquez say so, but it does not stop
   # the set-up of everything else.
   "$HERE/build-services.sh" marquez || log "Marquez was not built; see services/README.md"
+  "$HERE/setup-airflow.sh" >/dev/null # Airflow 3 in its own venv, for the Airflow DAG tests
 fi
 log "ready: kfm-conformance $(python3 -c 'import kfm_conformance as k; print(k.__version__)')"
