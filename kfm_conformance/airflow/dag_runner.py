@@ -81,6 +81,14 @@ DEFAULT_EXIT_CODES = {
 }
 INTERNAL_ERROR = 70
 FLUSH_TIMEOUT_S = 5.0
+_T0 = (time.monotonic(), time.process_time())
+
+
+def mark(phase: str) -> None:
+    """With KFM_AIRFLOW_TIMING set: wall and CPU seconds since the process (or worker) began."""
+    if os.environ.get("KFM_AIRFLOW_TIMING"):
+        wall, cpu = time.monotonic() - _T0[0], time.process_time() - _T0[1]
+        sys.stderr.write(f"dag_runner timing: {phase}: wall {wall:.2f} s, cpu {cpu:.2f} s\n")
 
 
 class Spec:
@@ -153,11 +161,13 @@ def configure_environment(home: str, dag_file: str | None) -> None:
         env["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.dirname(dag_file)
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         env.setdefault("AIRFLOW__TRACES__OTEL_ON", "True")
-        # Airflow picks the exporter by OTEL_TRACES_EXPORTER; "otlp" means gRPC whatever
-        # OTEL_EXPORTER_OTLP_PROTOCOL says.
-        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        if protocol.startswith("http"):
-            env.setdefault("OTEL_TRACES_EXPORTER", "otlp_proto_http")
+        # Airflow picks the exporter by OTEL_TRACES_EXPORTER, where "otlp" means gRPC whatever
+        # OTEL_EXPORTER_OTLP_PROTOCOL says; the standard reading is the protocol variable's.
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol.startswith("http") and env.get("OTEL_TRACES_EXPORTER", "otlp") == "otlp":
+            env["OTEL_TRACES_EXPORTER"] = "otlp_proto_http"
 
 
 def make_db_template(target: str) -> None:
@@ -209,12 +219,41 @@ class Warm:
             if task_id not in dag.task_dict:
                 raise UsageError(f"task {task_id!r} is not in DAG {spec.dag_id!r}")
 
+        self.synced_db: str | None = None
+
     def prebuild_api(self) -> None:
-        """Build the in-process execution API app (about 2 s) before any run forks."""
+        """Build the in-process execution API app and its versioned routes (about 3 s of CPU,
+        which Airflow otherwise spends on the first request of every run) before any fork."""
         from airflow.sdk.execution_time.supervisor import in_process_api_server
 
         api = in_process_api_server()
-        api.app  # noqa: B018 - builds the FastAPI app and its routes
+        _initialize_versioned_routes(api.app)
+
+    def sync_once(self, home: str) -> None:
+        """Write the DAG bundle and the serialized DAG into this process's DB, once; runs
+        then copy that DB instead of the bare template. Closes every connection after."""
+        from airflow import settings
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+        from airflow.dag_processing.dagbag import sync_bag_to_db
+
+        session = settings.Session()
+        DagBundlesManager().sync_bundles_to_db(session=session)
+        session.commit()
+        session.close()
+        sync_bag_to_db(self.bag, "dags-folder", None)
+        settings.dispose_orm()
+        self.synced_db = os.path.join(home, "airflow.db")
+
+
+def _initialize_versioned_routes(app: Any, depth: int = 0) -> None:
+    """Cadwyn builds the execution API's versioned routers on its first request: do it now."""
+    if getattr(app, "_cadwyn_initialized", True) is False:
+        app._cadwyn_initialize()
+    if depth < 3:
+        for route in getattr(app, "routes", []):
+            sub = getattr(route, "app", None)
+            if sub is not None and sub is not app:
+                _initialize_versioned_routes(sub, depth + 1)
 
 
 class UsageError(Exception):
@@ -234,11 +273,14 @@ def run_dag(warm: Warm, src: str, workdir: str) -> tuple[str | None, str]:
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
 
     dag = warm.dag
+    _dag_events_in_thread()
+    mark("ready to run")
     session = settings.Session()
-    manager = DagBundlesManager()
-    manager.sync_bundles_to_db(session=session)
-    session.commit()
-    sync_bag_to_db(warm.bag, "dags-folder", None)
+    if warm.synced_db is None:
+        manager = DagBundlesManager()
+        manager.sync_bundles_to_db(session=session)
+        session.commit()
+        sync_bag_to_db(warm.bag, "dags-folder", None)
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     scheduler_dag.on_success_callback = dag.on_success_callback  # type: ignore[attr-defined]
     scheduler_dag.on_failure_callback = dag.on_failure_callback  # type: ignore[attr-defined]
@@ -258,6 +300,7 @@ def run_dag(warm: Warm, src: str, workdir: str) -> tuple[str | None, str]:
     )
     results: dict[str, tuple[str, BaseException | None]] = {}
     finished = {"success", "failed", "skipped", "upstream_failed", "removed"}
+    mark("DAG run created")
     while dr.state == DagRunState.RUNNING:
         session.expire_all()
         schedulable, _ = dr.update_state(session=session)
@@ -285,10 +328,29 @@ def run_dag(warm: Warm, src: str, workdir: str) -> tuple[str | None, str]:
         for ti in scheduled:
             state, error = run_task_instance(ti, dag.task_dict[ti.task_id])
             results[ti.task_id] = (state, error)
+            mark(f"task {ti.task_id} {state}")
+    mark("DAG run finished")
     session.expire_all()
     outcome, summary = judge(warm.spec, dr, results, session)
     session.close()
     return outcome, summary
+
+
+def _dag_events_in_thread() -> None:
+    """Send the provider's DAG-run events from a thread of this process instead of the process
+    pool a scheduler keeps (whose workers start by rebuilding Airflow's ORM: seconds per run).
+    The events are the provider's own, built by the same adapter method from the same
+    arguments; only the sending process differs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        from airflow.providers.openlineage.plugins import listener as ol_listener
+    except ImportError:
+        return
+    ol_listener._get_process_adapter.cache_clear()
+    listener = ol_listener.get_openlineage_listener()
+    if getattr(listener, "_executor", None) is None:
+        listener._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openlineage-dag")
 
 
 def run_task_instance(ti: Any, task: Any) -> tuple[str, BaseException | None]:
@@ -442,7 +504,8 @@ def flush_and_exit(code: int, home: str | None = None) -> None:
         provider = trace.get_tracer_provider()
         if hasattr(provider, "force_flush"):
             remaining = max(0.1, deadline - time.monotonic())
-            provider.force_flush(timeout_millis=int(remaining * 1000))
+            flushed = provider.force_flush(timeout_millis=int(remaining * 1000))
+            mark(f"spans flushed ({type(provider).__name__}: {flushed})")
     except Exception as exc:
         sys.stderr.write(f"dag_runner: flushing spans failed: {exc}\n")
     try:
@@ -453,6 +516,7 @@ def flush_and_exit(code: int, home: str | None = None) -> None:
         pass
     if home is not None:
         shutil.rmtree(home, ignore_errors=True)
+    mark("flushed, exiting")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -551,6 +615,27 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+#: Stands in for the runs' OPENLINEAGE_URL while the server loads the OpenLineage plugin (which
+#: decides at import whether its listener exists); each run's own environment says where
+#: events go, and a run whose environment wants no lineage runs cold.
+_LINEAGE_PLACEHOLDER = "http://127.0.0.1:9/kfm-warm-runner-placeholder"
+
+
+def lineage_wanted(env: dict[str, str]) -> bool:
+    """Whether the OpenLineage provider would be enabled by this environment (its rule)."""
+
+    def true(name: str) -> bool:
+        return env.get(name, "").strip().lower() in ("1", "true", "t", "yes", "y", "on")
+
+    if true("AIRFLOW__OPENLINEAGE__DISABLED") or true("OPENLINEAGE_DISABLED"):
+        return False
+    names = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "AIRFLOW__OPENLINEAGE__TRANSPORT",
+             "AIRFLOW__OPENLINEAGE__CONFIG_PATH", "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID")
+    return any(env.get(n) for n in names) or any(
+        k.startswith("OPENLINEAGE__TRANSPORT") and v for k, v in env.items()
+    )
+
+
 def client(address: str, spec: Spec) -> int | None:
     """Run through the warm runner; None when there is none to use (then run cold)."""
     if _traced():
@@ -562,7 +647,12 @@ def client(address: str, spec: Spec) -> int | None:
         sock.close()
         return None
     hello = json.dumps(
-        {"cwd": os.getcwd(), "env": dict(os.environ), "spec": spec.fingerprint()}
+        {
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "spec": spec.fingerprint(),
+            "lineage": lineage_wanted(dict(os.environ)),
+        }
     ).encode()
     try:
         _send_frame(sock, hello, [0, 1, 2])
@@ -619,6 +709,8 @@ class _Job:
 
 def _worker(conn: socket.socket, fds: list[int], hello: dict[str, Any], peer_pid: int, warm: Warm) -> None:
     """In the forked child: become the client's run, then run the DAG once."""
+    global _T0
+    _T0 = (time.monotonic(), time.process_time())
     code = 70
     try:
         os.setsid()
@@ -639,7 +731,7 @@ def _worker(conn: socket.socket, fds: list[int], hello: dict[str, Any], peer_pid
         tempfile.tempdir = None  # the run's TMPDIR, not the server's
         home = private_home()
         configure_environment(home, warm.spec.dag_file)
-        install_db(home, warm.spec.db_template or os.environ.get("KFM_AIRFLOW_DB_TEMPLATE"))
+        install_db(home, warm.synced_db or warm.spec.db_template)
         _reconfigure_airflow()
         code = execute(warm.spec, warm, home)
     except BaseException as exc:  # the run must end with a code, whatever happened
@@ -664,11 +756,15 @@ def _reconfigure_airflow() -> None:
     configure_otel(conf)
     try:
         from airflow.providers.openlineage import conf as ol_conf
+        from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
 
         for value in vars(ol_conf).values():
             clear = getattr(value, "cache_clear", None)
             if callable(clear):
                 clear()
+        adapter = getattr(get_openlineage_listener(), "adapter", None)
+        if adapter is not None:
+            adapter._client = None  # made on first use, from this run's environment
     except ImportError:
         pass
 
@@ -681,7 +777,15 @@ def serve(address: str, spec: Spec) -> None:
     home = private_home()
     configure_environment(home, spec.dag_file)
     os.environ["AIRFLOW__TRACES__OTEL_ON"] = "False"  # no exporter thread before the forks
+    if not lineage_wanted(dict(os.environ)) and not os.environ.get("AIRFLOW__OPENLINEAGE__DISABLED"):
+        os.environ["OPENLINEAGE_URL"] = _LINEAGE_PLACEHOLDER
+    lineage = lineage_wanted(dict(os.environ))
+    if not install_db(home, spec.db_template):
+        from airflow.utils import db
+
+        db.initdb()
     warm = Warm(spec)
+    warm.sync_once(home)
     warm.prebuild_api()
     import airflow.models.dagrun  # noqa: F401 - what every run uses, imported once
     import airflow.providers.openlineage.plugins.listener  # noqa: F401
@@ -712,7 +816,7 @@ def serve(address: str, spec: Spec) -> None:
             if key.data is None:
                 conn, _ = listener.accept()
                 try:
-                    job = _accept(conn, warm, fingerprint)
+                    job = _accept(conn, warm, fingerprint, lineage)
                 except OSError:
                     conn.close()
                     continue
@@ -756,7 +860,7 @@ def serve(address: str, spec: Spec) -> None:
             os._exit(0)
 
 
-def _accept(conn: socket.socket, warm: Warm, fingerprint: str) -> _Job | None:
+def _accept(conn: socket.socket, warm: Warm, fingerprint: str, lineage: bool) -> _Job | None:
     import array
 
     fds = array.array("i")
@@ -770,7 +874,7 @@ def _accept(conn: socket.socket, warm: Warm, fingerprint: str) -> _Job | None:
     hello = json.loads(_recv_exact(conn, size))
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     peer_pid, _, _ = struct.unpack("3i", creds)
-    if hello.get("spec") != fingerprint or len(fds) < 3:
+    if hello.get("spec") != fingerprint or hello.get("lineage") != lineage or len(fds) < 3:
         for fd in fds:
             os.close(fd)
         conn.sendall(_HELLO.pack(0xFFFFFFFF))
