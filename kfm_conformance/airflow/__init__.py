@@ -107,7 +107,9 @@ class AirflowSpec:
     def check(self) -> None:
         """One line, exit 2, when the interpreter or the DAG file is missing."""
         if not self.dag_file.is_file():
-            raise ConfigurationError(f"{self.profile_path}: airflow.dag_file: not found: {self.dag_file}")
+            raise ConfigurationError(
+                f"{self.profile_path}: airflow.dag_file: not found: {self.dag_file}"
+            )
         if "/" in self.python and not Path(self.python).exists():
             raise ConfigurationError(
                 f"{self.profile_path}: airflow.python: not found: {self.python} "
@@ -150,7 +152,11 @@ def airflow_version(python: str) -> str:
     """The apache-airflow-core version installed for ``python``."""
     try:
         done = subprocess.run(
-            [python, "-c", "from importlib.metadata import version; print(version('apache-airflow-core'))"],
+            [
+                python,
+                "-c",
+                "from importlib.metadata import version; print(version('apache-airflow-core'))",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -111,8 +111,14 @@ class Spec:
     def fingerprint(self) -> str:
         """What a warm runner must have been started for to run this spec."""
         return json.dumps(
-            [self.dag_file, self.dag_id, self.tasks, self.outcome_xcom, self.exit_codes,
-             [(p.pattern, o) for p, o in self.rules]],
+            [
+                self.dag_file,
+                self.dag_id,
+                self.tasks,
+                self.outcome_xcom,
+                self.exit_codes,
+                [(p.pattern, o) for p, o in self.rules],
+            ],
             sort_keys=True,
         )
 
@@ -211,8 +217,13 @@ class Warm:
         bag = DagBag(dag_folder=spec.dag_file, bundle_path=None, bundle_name="dags-folder")
         dag = bag.dags.get(spec.dag_id)  # no DB lookup: the server has no DB connection
         if dag is None:
-            errors = "; ".join(f"{k}: {v.strip().splitlines()[-1]}" for k, v in bag.import_errors.items())
-            raise UsageError(f"DAG {spec.dag_id!r} not found in {spec.dag_file}" + (f" ({errors})" if errors else ""))
+            errors = "; ".join(
+                f"{k}: {v.strip().splitlines()[-1]}" for k, v in bag.import_errors.items()
+            )
+            raise UsageError(
+                f"DAG {spec.dag_id!r} not found in {spec.dag_file}"
+                + (f" ({errors})" if errors else "")
+            )
         self.bag = bag
         self.dag = dag
         for task_id in spec.tasks:
@@ -282,8 +293,8 @@ def run_dag(warm: Warm, src: str, workdir: str) -> tuple[str | None, str]:
         session.commit()
         sync_bag_to_db(warm.bag, "dags-folder", None)
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
-    scheduler_dag.on_success_callback = dag.on_success_callback  # type: ignore[attr-defined]
-    scheduler_dag.on_failure_callback = dag.on_failure_callback  # type: ignore[attr-defined]
+    scheduler_dag.on_success_callback = dag.on_success_callback
+    scheduler_dag.on_failure_callback = dag.on_failure_callback
     now = timezone.utcnow()
     timetable = coerce_to_core_timetable(dag.timetable)
     dr: DagRun = get_or_create_dagrun(
@@ -357,14 +368,13 @@ def run_task_instance(ti: Any, task: Any) -> tuple[str, BaseException | None]:
     """One try of one task, in-process, under its worker span."""
     from uuid import UUID
 
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     from airflow.sdk.api.datamodels._generated import TaskInstance as TaskInstanceSDK
     from airflow.sdk.execution_time.supervisor import run_task_in_process
     from airflow.serialization.serialized_objects import create_scheduler_operator
     from airflow.utils.state import TaskInstanceState
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     ti.set_state(TaskInstanceState.QUEUED)
     carrier = ti.context_carrier or {}
@@ -424,7 +434,9 @@ def _error_outcome(spec: Spec, error: BaseException | None) -> str | None:
     text = _error_text(error)
     qualified = ""
     if error is not None:
-        qualified = f"{type(error).__module__}.{type(error).__qualname__}: " + text.split(": ", 1)[-1]
+        qualified = (
+            f"{type(error).__module__}.{type(error).__qualname__}: " + text.split(": ", 1)[-1]
+        )
     for pattern, outcome in spec.rules:
         if pattern.search(text) or (qualified and pattern.search(qualified)):
             return outcome
@@ -436,9 +448,8 @@ def _error_outcome(spec: Spec, error: BaseException | None) -> str | None:
 
 
 def _xcom_outcome(spec: Spec, dr: Any, task_ids: list[str], session: Any) -> str | None:
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
+    from sqlalchemy import select
 
     rows = session.execute(
         select(XComModel.task_id, XComModel.value).where(
@@ -455,7 +466,9 @@ def _xcom_outcome(spec: Spec, dr: Any, task_ids: list[str], session: Any) -> str
     return said[0] if said else None
 
 
-def judge(spec: Spec, dr: Any, results: dict[str, tuple[str, BaseException | None]], session: Any) -> tuple[str | None, str]:
+def judge(
+    spec: Spec, dr: Any, results: dict[str, tuple[str, BaseException | None]], session: Any
+) -> tuple[str | None, str]:
     """The pipeline outcome of a finished DAG run."""
     tis = {t.task_id: t for t in dr.get_task_instances(session=session)}
     counted = spec.tasks or sorted(tis)
@@ -464,14 +477,23 @@ def judge(spec: Spec, dr: Any, results: dict[str, tuple[str, BaseException | Non
     retried = [t for t in counted if results.get(t, ("", None))[0] == "up_for_retry"]
     if retried:
         error = results[retried[0]][1]
-        return "upstream_transient", f"task {retried[0]} is up for retry ({_error_text(error)}); {shown}"
-    failed = [t for t in counted if results.get(t, ("", None))[0] == "failed" or states[t] == "failed"]
+        return (
+            "upstream_transient",
+            f"task {retried[0]} is up for retry ({_error_text(error)}); {shown}",
+        )
+    failed = [
+        t for t in counted if results.get(t, ("", None))[0] == "failed" or states[t] == "failed"
+    ]
     if not failed and state_name(dr.state) == "failed":
         failed = [t for t, (s, _) in results.items() if s == "failed"]
     if failed:
         error = results.get(failed[0], ("failed", None))[1]
-        return _error_outcome(spec, error), f"task {failed[0]} failed ({_error_text(error)}); {shown}"
-    if state_name(dr.state) != "success" or any(s not in ("success", "skipped") for s in states.values()):
+        return _error_outcome(
+            spec, error
+        ), f"task {failed[0]} failed ({_error_text(error)}); {shown}"
+    if state_name(dr.state) != "success" or any(
+        s not in ("success", "skipped") for s in states.values()
+    ):
         return None, f"DAG run {dr.state}; {shown}"
     said = _xcom_outcome(spec, dr, counted, session)
     if said is not None:
@@ -629,8 +651,13 @@ def lineage_wanted(env: dict[str, str]) -> bool:
 
     if true("AIRFLOW__OPENLINEAGE__DISABLED") or true("OPENLINEAGE_DISABLED"):
         return False
-    names = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "AIRFLOW__OPENLINEAGE__TRANSPORT",
-             "AIRFLOW__OPENLINEAGE__CONFIG_PATH", "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID")
+    names = (
+        "OPENLINEAGE_URL",
+        "OPENLINEAGE_CONFIG",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT",
+        "AIRFLOW__OPENLINEAGE__CONFIG_PATH",
+        "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID",
+    )
     return any(env.get(n) for n in names) or any(
         k.startswith("OPENLINEAGE__TRANSPORT") and v for k, v in env.items()
     )
@@ -707,11 +734,14 @@ class _Job:
         self.pid = pid
 
 
-def _worker(conn: socket.socket, fds: list[int], hello: dict[str, Any], peer_pid: int, warm: Warm) -> None:
+def _worker(
+    conn: socket.socket, fds: list[int], hello: dict[str, Any], peer_pid: int, warm: Warm
+) -> None:
     """In the forked child: become the client's run, then run the DAG once."""
     global _T0
     _T0 = (time.monotonic(), time.process_time())
     code = 70
+    home: str | None = None
     try:
         os.setsid()
         for target, fd in enumerate(fds[:3]):
@@ -738,8 +768,9 @@ def _worker(conn: socket.socket, fds: list[int], hello: dict[str, Any], peer_pid
         import traceback
 
         traceback.print_exc()
-        sys.stderr.write(f"internal_error: the warm DAG runner failed: {type(exc).__name__}: {exc}\n")
-        home = None
+        sys.stderr.write(
+            f"internal_error: the warm DAG runner failed: {type(exc).__name__}: {exc}\n"
+        )
     flush_and_exit(code, home)
 
 
@@ -777,7 +808,9 @@ def serve(address: str, spec: Spec) -> None:
     home = private_home()
     configure_environment(home, spec.dag_file)
     os.environ["AIRFLOW__TRACES__OTEL_ON"] = "False"  # no exporter thread before the forks
-    if not lineage_wanted(dict(os.environ)) and not os.environ.get("AIRFLOW__OPENLINEAGE__DISABLED"):
+    if not lineage_wanted(dict(os.environ)) and not os.environ.get(
+        "AIRFLOW__OPENLINEAGE__DISABLED"
+    ):
         os.environ["OPENLINEAGE_URL"] = _LINEAGE_PLACEHOLDER
     lineage = lineage_wanted(dict(os.environ))
     if not install_db(home, spec.db_template):
@@ -800,7 +833,9 @@ def serve(address: str, spec: Spec) -> None:
     import threading
 
     if threading.active_count() != 1:
-        sys.stderr.write(f"dag_runner: warm runner has {threading.active_count()} threads before forking\n")
+        sys.stderr.write(
+            f"dag_runner: warm runner has {threading.active_count()} threads before forking\n"
+        )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(_address(address))
     listener.listen(16)
