@@ -231,6 +231,7 @@ class Warm:
                 raise UsageError(f"task {task_id!r} is not in DAG {spec.dag_id!r}")
 
         self.synced_db: str | None = None
+        self.synced_db_bytes = None
 
     def prebuild_api(self) -> None:
         """Build the in-process execution API app and its versioned routes (about 3 s of CPU,
@@ -254,6 +255,9 @@ class Warm:
         sync_bag_to_db(self.bag, "dags-folder", None)
         settings.dispose_orm()
         self.synced_db = os.path.join(home, "airflow.db")
+        # Kept in memory: a worker that joins an isolated run cannot see this process's files.
+        with open(self.synced_db, "rb") as handle:
+            self.synced_db_bytes: bytes | None = handle.read()
 
 
 def _initialize_versioned_routes(app: Any, depth: int = 0) -> None:
@@ -699,32 +703,32 @@ def client(address: str, spec: Spec) -> int | None:
     return int(status)
 
 
-def _setns(path: str, nstype: int) -> None:
+def _join_client(pid: int) -> bool:
+    """Enter the client's mount and PID namespaces when they differ from ours. True when this
+    process must fork once more to be inside the PID namespace (only children enter one).
+
+    Every namespace file is opened before the first ``setns``: inside the client's mount
+    namespace, ``/proc`` is the client's and no longer shows this process."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, nstype) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _join_client(pid: int) -> bool:
-    """Enter the client's mount and PID namespaces when they differ from ours. True when this
-    process must fork once more to be inside the PID namespace."""
+    wanted: list[tuple[int, int]] = []
     fork_again = False
-    for kind, flag in (("mnt", _CLONE_NEWNS), ("pid", _CLONE_NEWPID)):
-        mine, theirs = f"/proc/self/ns/{kind}", f"/proc/{pid}/ns/{kind}"
-        if os.readlink(mine) != os.readlink(theirs):
-            if kind == "pid":
-                # Only children enter a PID namespace; pid_for_children says where we are.
-                if os.readlink("/proc/self/ns/pid_for_children") == os.readlink(theirs):
-                    continue
-                fork_again = True
-            _setns(theirs, flag)
+    try:
+        for kind, flag in (("mnt", _CLONE_NEWNS), ("pid", _CLONE_NEWPID)):
+            theirs = os.readlink(f"/proc/{pid}/ns/{kind}")
+            mine = "pid_for_children" if kind == "pid" else kind
+            if os.readlink(f"/proc/self/ns/{mine}") == theirs:
+                continue
+            wanted.append((os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY), flag))
+            fork_again = fork_again or kind == "pid"
+        for fd, flag in wanted:
+            if libc.setns(fd, flag) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"cannot join the run's namespaces: {os.strerror(err)}")
+    finally:
+        for fd, _ in wanted:
+            os.close(fd)
     return fork_again
 
 
@@ -761,7 +765,11 @@ def _worker(
         tempfile.tempdir = None  # the run's TMPDIR, not the server's
         home = private_home()
         configure_environment(home, warm.spec.dag_file)
-        install_db(home, warm.synced_db or warm.spec.db_template)
+        if warm.synced_db_bytes is not None:
+            with open(os.path.join(home, "airflow.db"), "wb") as handle:
+                handle.write(warm.synced_db_bytes)
+        elif not install_db(home, warm.spec.db_template):
+            raise RuntimeError("no metadata DB to copy")
         _reconfigure_airflow()
         code = execute(warm.spec, warm, home)
     except BaseException as exc:  # the run must end with a code, whatever happened
