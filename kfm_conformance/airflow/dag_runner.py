@@ -231,7 +231,7 @@ class Warm:
                 raise UsageError(f"task {task_id!r} is not in DAG {spec.dag_id!r}")
 
         self.synced_db: str | None = None
-        self.synced_db_bytes = None
+        self.synced_db_bytes: bytes | None = None
 
     def prebuild_api(self) -> None:
         """Build the in-process execution API app and its versioned routes (about 3 s of CPU,
@@ -257,7 +257,7 @@ class Warm:
         self.synced_db = os.path.join(home, "airflow.db")
         # Kept in memory: a worker that joins an isolated run cannot see this process's files.
         with open(self.synced_db, "rb") as handle:
-            self.synced_db_bytes: bytes | None = handle.read()
+            self.synced_db_bytes = handle.read()
 
 
 def _initialize_versioned_routes(app: Any, depth: int = 0) -> None:
