@@ -11,12 +11,14 @@ not have kfm-conformance installed, so it imports only the standard library and 
 
 One DAG run, the way ``dag.test()`` drives one (the same Airflow calls: serialize the DAG into
 the metadata DB, create a manual DAG run, let ``DagRun.update_state`` schedule, run each task
-in-process through the Task SDK's supervisor and the in-process execution API), with three
+in-process through the Task SDK's supervisor and the in-process execution API), with these
 differences:
 
 * every task try runs under a ``worker.<task_id>`` span parented to the task instance's own
   context carrier (read back from the metadata DB), as a real worker does; ``dag.test()`` has
   no worker span, so the task's own spans would start a second trace;
+* the listeners hear that the DAG run started, as from a scheduler (so the OpenLineage
+  provider sends the DAG run's START, which ``dag.test()`` never does);
 * one try per task: a try that Airflow puts in ``up_for_retry`` ends the pipeline run as
   ``upstream_transient`` (the retry is the scheduler's next run, as with any pipeline that
   exits with a transient code), and the DAG run is closed as failed through Airflow's own
@@ -315,6 +317,11 @@ def run_dag(warm: Warm, src: str, workdir: str) -> tuple[str | None, str]:
     )
     results: dict[str, tuple[str, BaseException | None]] = {}
     finished = {"success", "failed", "skipped", "upstream_failed", "removed"}
+    # What the scheduler does when it starts a queued run: tell the listeners (the OpenLineage
+    # provider sends the DAG run's START). Wait until it is sent, so that it comes first and
+    # no task's fork happens while the sending thread holds a lock.
+    dr.notify_dagrun_state_changed(msg="started")
+    _drain_dag_events()
     mark("DAG run created")
     while dr.state == DagRunState.RUNNING:
         session.expire_all()
@@ -366,6 +373,20 @@ def _dag_events_in_thread() -> None:
     listener = ol_listener.get_openlineage_listener()
     if getattr(listener, "_executor", None) is None:
         listener._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openlineage-dag")
+
+
+def _drain_dag_events() -> None:
+    """Wait until the DAG-run events submitted so far have been sent."""
+    try:
+        from airflow.providers.openlineage.plugins import listener as ol_listener
+    except ImportError:
+        return
+    executor = getattr(ol_listener.get_openlineage_listener(), "_executor", None)
+    if executor is not None:
+        try:
+            executor.submit(lambda: None).result(timeout=FLUSH_TIMEOUT_S)
+        except Exception as exc:
+            sys.stderr.write(f"dag_runner: waiting for the DAG run's START failed: {exc}\n")
 
 
 def run_task_instance(ti: Any, task: Any) -> tuple[str, BaseException | None]:
