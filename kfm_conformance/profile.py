@@ -180,7 +180,14 @@ class Profile:
         return self.path.parent
 
     def argv(self, *, src: str, workdir: Path, python: str | None = None) -> list[str]:
-        """The command with its placeholders filled in (see :func:`expand_placeholders`)."""
+        """The command with its placeholders filled in (see :func:`expand_placeholders`; for
+        ``[airflow]``, the DAG runner's)."""
+        if "airflow" in self.raw:
+            from kfm_conformance.airflow import airflow_argv
+
+            dag_argv = airflow_argv(self, src=src, workdir=workdir)
+            if dag_argv is not None:
+                return dag_argv
         values = {
             "python": python or sys.executable,
             "profile_dir": str(self.profile_dir),
@@ -485,7 +492,7 @@ def parse_profile(data: dict[str, Any], path: Path, text: bytes = b"") -> Profil
     return Profile(
         path=path,
         name=pipeline["name"],
-        command=tuple(pipeline["command"]),
+        command=tuple(pipeline.get("command", ())),  # absent when [airflow] names a DAG
         output=pipeline["output"],
         timeout_s=float(pipeline.get("timeout_s", DEFAULT_TIMEOUT_S)),
         env=dict(pipeline.get("env", {})),

@@ -6,7 +6,8 @@
 #   scripts/setup.sh --services   ... and build Marquez, lakeFS and the Collector
 #                                 into ${KFM_CACHE_DIR:-$HOME/.cache/kfm-conformance}
 #                                 (Marquez from the source in $KFM_MARQUEZ_SOURCE or
-#                                 ../shared/third_party/marquez-<version>)
+#                                 ../shared/third_party/marquez-<version>), and install
+#                                 Airflow 3 there (scripts/setup-airflow.sh)
 #
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
@@ -54,5 +55,6 @@ if [ "$WITH_SERVICES" -eq 1 ]; then
   # ../shared/third_party/marquez-<version> beside the repository. Any failed build, a
   # missing Marquez source included, fails the set-up.
   "$HERE/build-services.sh" lakefs collector marquez
+  "$HERE/setup-airflow.sh" >/dev/null # Airflow 3 in its own venv, for the Airflow DAG tests
 fi
 log "ready: kfm-conformance $(python3 -c 'import kfm_conformance as k; print(k.__version__)')"
