@@ -468,14 +468,14 @@ def parse_profile(data: dict[str, Any], path: Path, text: bytes = b"") -> Profil
         if any(ord(c) < 32 or ord(c) == 127 for c in relative):
             raise ConfigurationError(f"{path}: {key}: a path must not hold control characters")
     known = dict.fromkeys(PLACEHOLDERS, "")
-    for index, part in enumerate(pipeline["command"]):
+    for index, part in enumerate(pipeline.get("command", [])):
         try:
             expand_placeholders(part, known)
         except ValueError as exc:
             raise ConfigurationError(
                 f"{path}: pipeline.command[{index}]: bad placeholder ({exc})"
             ) from None
-    problem = _check_exec_size(pipeline["command"], pipeline.get("env", {}))
+    problem = _check_exec_size(pipeline.get("command", []), pipeline.get("env", {}))
     if problem:
         raise ConfigurationError(f"{path}: {problem}")
     codes = {**BLUEPRINT_EXIT_CODES, **data.get("exit_codes", {})}
