@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from kfm_conformance import airflow as airflow_runner
 from kfm_conformance import channel, guarantees, isolation
 from kfm_conformance import sandbox as sandbox_module
 from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
@@ -156,6 +157,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[PROFILE_KEY] = profile
     config.stash[ISOLATION_KEY] = _isolation_of(config)
+    # The warm Airflow runner parses the DAG outside any sandbox: only for unisolated runs.
+    airflow_runner.WARM_ALLOWED = not config.stash[ISOLATION_KEY].isolated
     config.stash[RESULT_KEY_KEY] = _result_key_of(config)
     results_dir = config.getoption("--kfm-results")
     if results_dir:

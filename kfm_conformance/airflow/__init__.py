@@ -129,6 +129,12 @@ class AirflowSpec:
         return args
 
 
+#: Whether the warm runner may be used. The warm server parses the DAG file (runs its
+#: top-level code) and forks the DAG runs outside any sandbox, so under namespaces isolation
+#: the plugin turns it off: each DAG run is then a cold run, contained like any pipeline run.
+WARM_ALLOWED = True
+
+
 def airflow_argv(profile: Profile, *, src: str, workdir: Path) -> list[str] | None:
     """The command of one pipeline run of the profile's DAG, or None for a plain command.
 
@@ -140,7 +146,7 @@ def airflow_argv(profile: Profile, *, src: str, workdir: Path) -> list[str] | No
     spec.check()
     argv = [spec.python, str(runner_script()), *spec.runner_args(profile.exit_codes.as_dict())]
     argv += ["--db-template", str(db_template(spec.python))]
-    if not spec.warm:
+    if not spec.warm or not WARM_ALLOWED:
         return [*argv, "--cold"]
     if workdir != profile.profile_dir:  # a run (check_command asks with the profile's dir)
         server = WarmRunner.for_profile(profile, spec, argv)
@@ -231,7 +237,10 @@ class WarmRunner:
         key = json.dumps([str(profile.path), profile.digest, argv])
         server = cls._running.get(key)
         if server is None or server.process.poll() is not None:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+            from kfm_conformance.sandbox import PASSTHROUGH_ENV
+
+            # The runs' own scrubbed environment, never the harness's (its secrets).
+            env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
             env.update(profile.env)
             server = cls(argv, env)
             cls._running[key] = server
