@@ -200,7 +200,7 @@ def _certify(profile: Path, guarantee: str, tmp_path: Path) -> tuple[int, dict[s
     return code, load_report(report_dir), out + err[-3000:]
 
 
-@pytest.mark.parametrize("guarantee", ["exit-codes", "telemetry"])
+@pytest.mark.parametrize("guarantee", ["exit-codes", "telemetry", "lineage"])
 def test_the_reference_dag_is_certified(guarantee: str, tmp_path: Path) -> None:
     code, report, output = _certify(REFERENCE_DAG_PROFILE, guarantee, tmp_path)
     row = guarantee_row(report, guarantee)
