@@ -51,7 +51,15 @@ from kfm_conformance.faults.strace import (
 )
 from kfm_conformance.sandbox import FileState, Sandbox, file_state
 from kfm_conformance.upstream import Exchange, Resource
-from kfm_conformance.verdict import Finding, HarnessError, required
+from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, required
+
+#: How a disk-error scenario that cannot be aimed at this pipeline's call is skipped: the
+#: pipeline's writes come from several threads or processes in an order that changes from run
+#: to run, so strace's per-thread count cannot single one out. Its publication is still
+#: judged under kills at every step and by concurrent readers.
+UNAIMABLE = (
+    "not applicable: the harness cannot single out one call of this pipeline for a disk error"
+)
 
 FAMILIES: dict[str, frozenset[str]] = {
     "write": WRITE_SYSCALLS,
@@ -180,9 +188,11 @@ def choose_target(
     mine = [c for c in same_file if c.tid == chosen.tid]
     ordinal = mine.index(chosen) + 1 if chosen in mine else 0
     if not paths or not ordinal or not targetable(same_file, replace(chosen, ordinal=ordinal)):
-        raise HarnessError(
-            f"cannot aim at {chosen.describe(root)}: another process of the pipeline reaches "
-            f"its own {chosen.name} number {chosen.ordinal} first, and the file is shared too"
+        raise NotApplicable(
+            f"{UNAIMABLE}: {chosen.describe(root)} cannot be singled out: another process "
+            f"of the pipeline reaches its own {chosen.name} number {chosen.ordinal} first, and "
+            "the file is shared too",
+            SkipKind.NOT_DECLARED,
         )
     if rehearse_again is not None:
         again = rehearse_again()
@@ -190,11 +200,12 @@ def choose_target(
         moved = [_relative(p, again.sandbox.workdir) for p in twin.paths] if twin else []
         if twin is None or moved != [_relative(p, root) for p in chosen.paths]:
             seen = twin.describe(again.sandbox.workdir) if twin else "no such call"
-            raise HarnessError(
-                f"cannot aim at {chosen.describe(root)}: another process of the pipeline "
-                f"reaches its own {chosen.name} number {chosen.ordinal} first, and the file's "
-                f"name changes from run to run ({seen} in a second rehearsal), so it cannot be "
-                "named to strace's path filter"
+            raise NotApplicable(
+                f"{UNAIMABLE}: {chosen.describe(root)} cannot be singled out: another process "
+                f"of the pipeline reaches its own {chosen.name} number {chosen.ordinal} first, "
+                f"and the file's name changes from run to run ({seen} in a second rehearsal), "
+                "so it cannot be named to strace's path filter",
+                SkipKind.NOT_DECLARED,
             )
     return Target(ordinal=ordinal, paths=paths, **common)  # type: ignore[arg-type]
 
@@ -285,7 +296,15 @@ def inject(
 
 
 def require_landed(injection: Injection) -> None:
-    """An injection that missed its call says nothing about the pipeline: a harness error."""
+    """An injection that missed its call says nothing about the pipeline. Taken by another
+    thread's call outside the working directory (a thread pool's writes come in any order):
+    the scenario cannot be applied to this pipeline. Not reached at all: a harness error."""
+    if not injection.landed and injection.landed_at.startswith("elsewhere"):
+        raise NotApplicable(
+            f"{UNAIMABLE}: the {injection.errno} injection aimed at {injection.target.step} was "
+            f"taken by another thread's call ({injection.landed_at})",
+            SkipKind.NOT_DECLARED,
+        )
     if not injection.landed:
         raise HarnessError(
             f"the {injection.errno} injection aimed at {injection.target.step} landed "
