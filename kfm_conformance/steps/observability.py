@@ -13,6 +13,7 @@ included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from pytest_bdd import parsers, then, when
 
@@ -165,6 +166,13 @@ def lineage_names_output(kfm: ScenarioContext, kfm_observer: CaptureObserver) ->
 @then("the output's schema facet matches the written Parquet schema")
 def lineage_schema_facet(kfm: ScenarioContext, kfm_observer: CaptureObserver) -> None:
     run = kfm_observer.last
+    if Path(kfm.profile.output).suffix.lower() not in (".parquet", ".pq"):
+        # A CSV or JSON Lines output has no written schema to match: nothing to judge.
+        kfm.notes.append(
+            f"schema facet not judged: {kfm.profile.output} is not Parquet, so it has no "
+            "written schema"
+        )
+        return
     if _parquet_columns(kfm) is None:
         kfm.judge.recommend(
             "lineage.schema-facet",
