@@ -386,7 +386,9 @@ def run_suite(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     key_read, key_write = os.pipe()
     problems: list[str] = []
-    tee = StderrTee()  # pytest's own errors (exit 2-4) go to stderr, not to the log
+    # pytest's own errors (exit 2-4) go to stderr, not to the log: kept for the problem line,
+    # while only the progress lines reach the person waiting (never a traceback).
+    tee = StderrTee(forward=is_progress_line)
     try:
         with log_path.open("w") as log:
             process = subprocess.Popen(
@@ -426,6 +428,14 @@ def run_suite(
         problems=problems,
         stderr_lines=list(tee.lines),
     )
+
+
+_PROGRESS = ("PASS ", "WARN ", "FAIL ", "SKIP ", "ERROR ")
+
+
+def is_progress_line(line: str) -> bool:
+    """A scenario's one progress line (the plugin's ``--kfm-progress``)."""
+    return line.startswith(_PROGRESS)
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:

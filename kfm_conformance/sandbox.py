@@ -379,7 +379,7 @@ class Sandbox:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]
         writable += [p for p in _wrapper_outputs(wrapper) if p not in writable]
-        readable = [self.profile.profile_dir.resolve()]
+        readable = [self.profile.profile_dir.resolve(), Path(sys.prefix).resolve()]
         readable += [Path(a).resolve().parent for a in argv if a.startswith("/")]
         return [
             *isolation.sandbox_argv(

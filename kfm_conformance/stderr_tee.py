@@ -12,6 +12,7 @@ import re
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,8 +27,16 @@ class StderrTee:
     last ``keep`` lines. Give ``write_end`` to the child as its stderr; call :meth:`close`
     after it exited."""
 
-    def __init__(self, sink: BinaryIO | None = None, keep: int = 200) -> None:
+    def __init__(
+        self,
+        sink: BinaryIO | None = None,
+        keep: int = 200,
+        forward: Callable[[str], bool] | None = None,
+    ) -> None:
         self._sink = sink if sink is not None else sys.stderr.buffer
+        #: Which complete lines reach the sink (default: all, as they come); every line is
+        #: kept for :func:`failure_excerpt` either way.
+        self._forward = forward
         read_end, self.write_end = os.pipe()
         self._read_end = read_end
         self.lines: deque[str] = deque(maxlen=keep)
@@ -43,19 +52,26 @@ class StderrTee:
                 break
             if not chunk:
                 break
-            try:
-                self._sink.write(chunk)
-                self._sink.flush()
-            except (OSError, ValueError):
-                pass
+            if self._forward is None:
+                self._emit(chunk)
             pending += chunk
             *complete, pending = pending.split(b"\n")
             for line in complete:
-                self.lines.append(line[:MAX_LINE].decode("utf-8", "replace").rstrip())
+                text = line[:MAX_LINE].decode("utf-8", "replace").rstrip()
+                self.lines.append(text)
+                if self._forward is not None and self._forward(text):
+                    self._emit(line[:MAX_LINE] + b"\n")
             pending = pending[-MAX_LINE:]
         if pending:
             self.lines.append(pending.decode("utf-8", "replace").rstrip())
         os.close(self._read_end)
+
+    def _emit(self, data: bytes) -> None:
+        try:
+            self._sink.write(data)
+            self._sink.flush()
+        except (OSError, ValueError):
+            pass
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close our copy of the write end and wait (bounded: a leftover grandchild may still

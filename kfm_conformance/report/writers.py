@@ -109,7 +109,7 @@ def _write_file(path: Path, text: str) -> None:
             pass
         raise ReportWriteError(
             f"--report-dir: cannot write {path.name} in {path.parent}: "
-            f"{exc.strerror or exc}; the run's results are not lost: kept {_kept(path.parent)}"
+            f"{exc.strerror or exc}; the run's results are not lost; kept {_kept(path.parent)}"
         ) from None
 
 

@@ -161,6 +161,10 @@ def test_a_service_that_dies_mid_session_is_an_error_with_its_log_never_a_fail(
         "promotion",
         "--report-dir",
         str(report_dir),
+        # The stand-in for a service dying is a pipeline that kills lakeFS: it must be able to
+        # see it, which a contained run cannot (its own PID namespace).
+        "--isolation",
+        "none",
     )
     report = load_report(report_dir)
     scenarios = guarantee_row(report, "promotion")["scenarios"]
