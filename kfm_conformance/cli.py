@@ -121,10 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     certify.add_argument(
         "--isolation",
-        choices=("auto", "namespaces", "none"),
+        choices=isolation.CHOICES,
         default="auto",
-        help="contain every pipeline run in Linux namespaces (bubblewrap): auto (where the "
-        "kernel allows them; default), namespaces (required), none",
+        help=isolation.OPTION_HELP,
     )
     certify.add_argument(
         "--require-isolation",

@@ -33,6 +33,13 @@ class Isolation(enum.StrEnum):
     NONE = "none"
 
 
+#: ``--isolation`` (CLI) and ``--kfm-isolation`` (plugin): the choices and their help.
+CHOICES = ("auto", "namespaces", "none")
+OPTION_HELP = (
+    "contain every pipeline run in Linux namespaces (bubblewrap): auto (where the kernel "
+    "allows them; default), namespaces (required), none"
+)
+
 #: What to tell a user whose machine refuses namespaces.
 HOW_TO_ENABLE = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and allow user namespaces "

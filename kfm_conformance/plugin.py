@@ -112,10 +112,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--kfm-isolation",
-        choices=("auto", "namespaces", "none"),
+        choices=isolation.CHOICES,
         default="auto",
-        help="contain every pipeline run in Linux namespaces (bubblewrap): auto (where the "
-        "kernel allows), namespaces (required), none",
+        help=isolation.OPTION_HELP,
     )
     group.addoption(
         "--kfm-key-fd",
