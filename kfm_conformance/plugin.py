@@ -508,7 +508,7 @@ def pytest_runtest_makereport(
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
-    verdict = dict(report.user_properties).get("kfm_verdict")
+    verdict = dict(getattr(report, "user_properties", ())).get("kfm_verdict")
     if report.when != "call" or verdict is None:
         return None
     if verdict == "warn":
