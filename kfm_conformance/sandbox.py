@@ -451,9 +451,10 @@ class Sandbox:
             self.listener.run_finished(self, result, token)
 
     def record(self, result: RunResult) -> RunResult:
-        """Keep a finished run in this sandbox's list (:meth:`RunningPipeline.wait` does)."""
+        """Keep a finished run in this sandbox's list. :meth:`RunningPipeline.wait` does it for
+        every run started here; this is for runs read back from elsewhere (a cached campaign)."""
         with self._lock:
-            if result not in self.runs:
+            if not any(kept is result for kept in self.runs):
                 self.runs.append(result)
         return result
 
