@@ -451,10 +451,9 @@ class Sandbox:
             self.listener.run_finished(self, result, token)
 
     def record(self, result: RunResult) -> RunResult:
-        """Keep a finished run in this sandbox's list. :meth:`RunningPipeline.wait` does it for
-        every run started here; this is for runs read back from elsewhere (a cached campaign)."""
+        """Keep a finished run in this sandbox's list (:meth:`RunningPipeline.wait` does)."""
         with self._lock:
-            if not any(kept is result for kept in self.runs):
+            if result not in self.runs:
                 self.runs.append(result)
         return result
 

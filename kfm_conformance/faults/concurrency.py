@@ -249,6 +249,8 @@ def two_runs_at_once(
                 sandbox, url, trace_dir, move_upstream, extra_env, profile.timeout_s, note
             )
         note(f"both ended: A exit {results[0].exit_code}, B exit {results[1].exit_code}")
+    for result in results:
+        sandbox.record(result)
     final, _ = book.classify_path(sandbox.output_path)
     return ConcurrentOutcome(
         overlap=overlap,
@@ -457,7 +459,7 @@ def kill_and_restart(
             )
             time.sleep(delay)
             running.kill(signal.SIGKILL)
-            killed = running.wait()
+            killed = sandbox.record(running.wait())
             after_kill, _ = book.classify_path(sandbox.output_path)
             restarted = sandbox.run(
                 origin.url, label=f"round {number}: restarted", extra_env=extra_env

@@ -886,7 +886,7 @@ class CrashCampaign:
         )
         time.sleep(delay_s)
         running.kill(signal.SIGKILL)
-        result = running.wait()
+        result = box.record(running.wait())
         killed = result.exit_code == -signal.SIGKILL
         return self._judge(
             lane,
