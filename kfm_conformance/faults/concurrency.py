@@ -282,6 +282,7 @@ def _frozen_writer(
         wrapper=strace.wrapper(trace_dir / "run-a.trace", inject=[slow]),
     )
     note("run A started under strace, its writes slowed")
+    tracer = run_a.pid  # found now (inside the sandbox), so that the freeze below is at once
     began = _wait_until(
         lambda: _listing(out_dir) != files_before or run_a.process.poll() is not None,
         timeout_s,
@@ -289,7 +290,7 @@ def _frozen_writer(
     )
     frozen = began and run_a.process.poll() is None
     if frozen:
-        os.kill(run_a.pid, signal.SIGSTOP)  # the tracer: its tracee blocks at its next call
+        os.kill(tracer, signal.SIGSTOP)  # the tracer: its tracee blocks at its next call
         note("run A began writing: frozen")
     else:
         note("run A ended before it was seen writing")
@@ -303,7 +304,7 @@ def _frozen_writer(
             note(f"run B {how}: run A resumed")
     finally:
         if frozen:
-            os.kill(run_a.pid, signal.SIGCONT)
+            os.kill(tracer, signal.SIGCONT)
     return _wait_all([run_a, run_b])
 
 
