@@ -180,6 +180,13 @@ def _host_children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _runs_init(cmdline: bytes) -> bool:
+    """Whether a process's command line is :mod:`run_init` itself, not a process (bubblewrap)
+    that merely names it among its arguments."""
+    argv = cmdline.split(b"\0")
+    return len(argv) > 3 and argv[1:4] == [b"-I", b"-S", str(RUN_INIT).encode()]
+
+
 class RunningPipeline:
     """A pipeline run under way (plain runs wait at once; crash and concurrency tests wait
     later)."""
@@ -243,7 +250,7 @@ class RunningPipeline:
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:
                     continue
-                if str(RUN_INIT).encode() in cmdline:
+                if _runs_init(cmdline):
                     return pid
                 next_frontier += _host_children(pid)
             frontier = next_frontier

@@ -285,3 +285,26 @@ def test_reference_isolation_is_recorded_in_the_provenance(tmp_path: Path) -> No
     assert code == 0, (out, err[-2000:])
     assert "CERTIFIED (core, unisolated)" in out
     assert FIXTURES.is_dir()
+
+
+def test_a_runs_pid_is_its_command_not_bubblewrap(tmp_path: Path):
+    """What a test signals to freeze or kill a run (a tracer, the pipeline) is the run's own
+    command: bubblewrap names the run's init among its arguments, and must not be taken for
+    it (a SIGSTOP to bubblewrap freezes nothing)."""
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import Sandbox
+
+    profile_path = fixture_profile(tmp_path, "fixed_temp_name.py")
+    profile = load_profile(profile_path)
+    sandbox = Sandbox(
+        profile, tmp_path / "work", isolation_choice=isolation.choose("namespaces")
+    )
+    running = sandbox.start(
+        "http://127.0.0.1:9/", wrapper=["/bin/sh", "-c", "sleep 5", "kfm-marker"]
+    )
+    try:
+        argv = Path(f"/proc/{running.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[0] == b"/bin/sh", argv
+    finally:
+        running.kill()
+        running.wait()
