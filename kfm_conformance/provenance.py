@@ -387,7 +387,12 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         item = pystac.Item.from_dict(copy.deepcopy(doc), migrate=True, preserve_dict=False)
         problems = stac_core_problems(doc)
     except (
-        pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError, AttributeError
+        pystac.STACError,
+        pystac.STACTypeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
     ) as exc:
         item = None
         problems = [f"pystac cannot read it as a STAC Item: {type(exc).__name__}: {exc}"]
@@ -404,10 +409,10 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         required(
             "provenance.stac.datetime",
             _datetime_set(doc),
-            "the STAC Item sets neither properties.datetime nor start_datetime and "
-            "end_datetime",
+            "the STAC Item sets neither properties.datetime nor start_datetime and end_datetime",
             expected="properties.datetime, or start_datetime and end_datetime",
-            observed=doc.get("properties", {}) if isinstance(doc.get("properties"), dict)
+            observed=doc.get("properties", {})
+            if isinstance(doc.get("properties"), dict)
             else doc.get("properties"),
         )
     )

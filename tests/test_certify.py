@@ -42,8 +42,16 @@ def _assert_certified(report_dir: Path, code: int, out: str, err: str) -> dict:
 def test_reference_pipeline_is_certified(tmp_path: Path) -> None:
     report_dir = tmp_path / "report"
     code, out, err = certify(
-        "certify", "--profile", str(REFERENCE_PROFILE), "--report-dir", str(report_dir),
-        "--only", *HTTP_AND_DATA, "-j", "2", "--strict",
+        "certify",
+        "--profile",
+        str(REFERENCE_PROFILE),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        *HTTP_AND_DATA,
+        "-j",
+        "2",
+        "--strict",
     )
     report = _assert_certified(report_dir, code, out, err)
     assert report["level"] == "strict"
@@ -56,8 +64,15 @@ def test_stranger_pipeline_is_certified(tmp_path: Path) -> None:
     """fixtures/kfm_fixture.py is a plain, correct pipeline written without the harness in mind."""
     report_dir = tmp_path / "report"
     code, out, err = certify(
-        "certify", "--profile", str(FIXTURES / "profile.toml"), "--report-dir", str(report_dir),
-        "--only", *HTTP_AND_DATA, "-j", "2",
+        "certify",
+        "--profile",
+        str(FIXTURES / "profile.toml"),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        *HTTP_AND_DATA,
+        "-j",
+        "2",
     )
     _assert_certified(report_dir, code, out, err)
     assert "CERTIFIED (core)" in out
@@ -72,23 +87,38 @@ def test_the_blueprints_own_seed_is_refused(tmp_path: Path) -> None:
     publishes a JSON object as columns."""
     profile = tmp_path / "seed.toml"
     profile.write_text(
-        "[pipeline]\nname = \"blueprint-seed\"\n"
-        f"command = [\"{{python}}\", \"{SEED}\", \"{{src}}\"]\n"
-        "output = \"out/data.parquet\"\ntimeout_s = 60\n"
+        '[pipeline]\nname = "blueprint-seed"\n'
+        f'command = ["{{python}}", "{SEED}", "{{src}}"]\n'
+        'output = "out/data.parquet"\ntimeout_s = 60\n'
     )
     report_dir = tmp_path / "report"
     code, _, err = certify(
-        "certify", "--profile", str(profile), "--report-dir", str(report_dir),
-        "--only", "change-detection", "invalid-input", "exit-codes", "-j", "2",
+        "certify",
+        "--profile",
+        str(profile),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        "change-detection",
+        "invalid-input",
+        "exit-codes",
+        "-j",
+        "2",
     )
     assert code == 1, err[-2000:]
     report = load_report(report_dir)
     verdicts = {row["id"]: row["verdict"] for row in report["guarantees"]}
     assert verdicts == {
-        "change-detection": "fail", "invalid-input": "fail", "exit-codes": "fail"
+        "change-detection": "fail",
+        "invalid-input": "fail",
+        "exit-codes": "fail",
     }, verdicts
-    failed = {s["check_id"] for g in report["guarantees"] for s in g["scenarios"]
-              if s["verdict"] == "fail"}
+    failed = {
+        s["check_id"]
+        for g in report["guarantees"]
+        for s in g["scenarios"]
+        if s["verdict"] == "fail"
+    }
     deleted_output = (
         "change-detection/a-deleted-output-is-fetched-again-without-validators-and-republished"
     )

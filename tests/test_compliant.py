@@ -54,7 +54,12 @@ def _go_build(example: Path, into: Path) -> Path:
     env = {**os.environ, "CGO_ENABLED": "0"}
     done = subprocess.run(
         [go, "build", "-trimpath", "-o", str(binary), "."],
-        cwd=copy, capture_output=True, text=True, env=env, timeout=600, check=False,
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, f"go build failed:\n{done.stderr[-3000:]}"
     return copy
@@ -80,8 +85,15 @@ def test_compliant_example_is_certified(example: Path, tmp_path: Path) -> None:
     where = _go_build(example, tmp_path / "build") if entry.get("build") == "go" else example
     report_dir = tmp_path / "report"
     args = [
-        "certify", "--profile", str(where / "profile.toml"), "--report-dir", str(report_dir),
-        "--only", *guarantees, "-j", "2",
+        "certify",
+        "--profile",
+        str(where / "profile.toml"),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        *guarantees,
+        "-j",
+        "2",
     ]
     if "lineage" in guarantees:
         args += ["--openlineage-schemas", str(openlineage_spec())]

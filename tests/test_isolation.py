@@ -296,9 +296,7 @@ def test_a_runs_pid_is_its_command_not_bubblewrap(tmp_path: Path):
 
     profile_path = fixture_profile(tmp_path, "fixed_temp_name.py")
     profile = load_profile(profile_path)
-    sandbox = Sandbox(
-        profile, tmp_path / "work", isolation_choice=isolation.choose("namespaces")
-    )
+    sandbox = Sandbox(profile, tmp_path / "work", isolation_choice=isolation.choose("namespaces"))
     running = sandbox.start(
         "http://127.0.0.1:9/", wrapper=["/bin/sh", "-c", "sleep 5", "kfm-marker"]
     )

@@ -70,8 +70,12 @@ def _failed(findings: list[Finding]) -> list[str]:
 
 def _reference_documents(facts: RunFacts) -> dict[str, dict[str, Any]]:
     return reference.sidecar_documents(
-        output=str(facts.output), sha256=facts.output_sha256, rows=3, upstream_url=URL,
-        run_id="run-1", job="job",
+        output=str(facts.output),
+        sha256=facts.output_sha256,
+        rows=3,
+        upstream_url=URL,
+        run_id="run-1",
+        job="job",
     )
 
 
@@ -111,9 +115,13 @@ def test_flattened_jsonld_and_a_scoped_context_read_alike(published: RunFacts) -
     flattened = {
         "@context": {"p": "http://www.w3.org/ns/prov#", "s": "http://spdx.org/rdf/terms#"},
         "@graph": [
-            {"@id": "_:out", "@type": "p:Entity", "p:atLocation": {"@id": "data.parquet"},
-             "p:wasGeneratedBy": {"@id": "urn:run"},
-             "s:checksum": {"@id": "_:sum"}},
+            {
+                "@id": "_:out",
+                "@type": "p:Entity",
+                "p:atLocation": {"@id": "data.parquet"},
+                "p:wasGeneratedBy": {"@id": "urn:run"},
+                "s:checksum": {"@id": "_:sum"},
+            },
             {"@id": "_:sum", "s:checksumValue": published.output_sha256},
             {"@id": "urn:run", "@type": "p:Activity", "p:used": {"@id": URL}},
         ],
@@ -121,15 +129,19 @@ def test_flattened_jsonld_and_a_scoped_context_read_alike(published: RunFacts) -
     scoped = {
         "@context": {
             "Entity": "http://www.w3.org/ns/prov#Entity",
-            "generatedBy": {"@id": "http://www.w3.org/ns/prov#wasGeneratedBy",
-                            "@context": {"used": {"@id": "http://www.w3.org/ns/prov#used",
-                                                  "@type": "@id"}}},
+            "generatedBy": {
+                "@id": "http://www.w3.org/ns/prov#wasGeneratedBy",
+                "@context": {"used": {"@id": "http://www.w3.org/ns/prov#used", "@type": "@id"}},
+            },
             "location": {"@id": "http://www.w3.org/ns/prov#atLocation", "@type": "@id"},
         },
         "@type": "Entity",
         "location": "./data.parquet",
-        "generatedBy": {"@id": "urn:run", "@type": "http://www.w3.org/ns/prov#Activity",
-                        "used": URL},
+        "generatedBy": {
+            "@id": "urn:run",
+            "@type": "http://www.w3.org/ns/prov#Activity",
+            "used": URL,
+        },
     }
     assert _failed(_judge_text("prov", json.dumps(flattened), "json-ld", published)) == []
     # The scoped document states no checksum: only the strict rule is broken.
@@ -186,8 +198,12 @@ def test_a_well_known_context_is_read_from_the_harness_copy(published: RunFacts)
     doc = {
         "@context": "https://www.w3.org/ns/prov.jsonld",
         "@graph": [
-            {"@id": "urn:out", "@type": "Entity", "atLocation": "./data.parquet",
-             "wasGeneratedBy": "urn:run"},
+            {
+                "@id": "urn:out",
+                "@type": "Entity",
+                "atLocation": "./data.parquet",
+                "wasGeneratedBy": "urn:run",
+            },
             {"@id": "urn:run", "@type": "Activity", "used": URL},
         ],
     }
@@ -221,8 +237,9 @@ def test_format_follows_the_declaration_else_the_extension() -> None:
 
 def test_profile_declares_sidecar_formats(tmp_path: Path) -> None:
     base = {"pipeline": {"name": "x", "command": ["x"], "output": "out/x.parquet"}}
-    ok = parse_profile({**base, "provenance": {"prov": "p.ttl", "prov_format": "turtle"}},
-                       tmp_path / "p.toml")
+    ok = parse_profile(
+        {**base, "provenance": {"prov": "p.ttl", "prov_format": "turtle"}}, tmp_path / "p.toml"
+    )
     assert ok.provenance["prov_format"] == "turtle"
     with pytest.raises(ConfigurationError, match=r"provenance\.dcat_format"):
         parse_profile({**base, "provenance": {"dcat_format": "rdf/xml"}}, tmp_path / "p.toml")
@@ -258,8 +275,11 @@ def _prov(facts: RunFacts, **changes: Any) -> dict[str, Any]:
         ({"output__@type": "prov:Agent"}, "provenance.prov.entity", "rdf-syntax-ns#type"),
         ({"output__prov_wasGeneratedBy": None}, "provenance.prov.generation", "wasGeneratedBy"),
         ({"run__prov_used": {"@id": "urn:other"}}, "provenance.prov.used", "prov#used"),
-        ({"output__spdx_checksum": {"spdx:checksumValue": "0" * 64}},
-         "provenance.prov.checksum", "spdx.org/rdf/terms#checksum"),
+        (
+            {"output__spdx_checksum": {"spdx:checksumValue": "0" * 64}},
+            "provenance.prov.checksum",
+            "spdx.org/rdf/terms#checksum",
+        ),
         ({"output__spdx_checksum": None}, "provenance.prov.checksum-present", "#checksum"),
     ],
 )
@@ -283,12 +303,17 @@ def test_each_prov_shape_reports_its_violation(
     ("change", "check"),
     [
         (lambda d: d.update({"@type": "dcat:Catalog"}), "provenance.dcat.dataset"),
-        (lambda d: d["dcat:distribution"].update({"dcat:downloadURL": {"@id": URL}}),
-         "provenance.dcat.distribution"),
-        (lambda d: d["dcat:distribution"]["spdx:checksum"].update(
-            {"spdx:checksumValue": "0" * 64}), "provenance.dcat.checksum"),
-        (lambda d: d["dcat:distribution"].pop("spdx:checksum"),
-         "provenance.dcat.checksum-present"),
+        (
+            lambda d: d["dcat:distribution"].update({"dcat:downloadURL": {"@id": URL}}),
+            "provenance.dcat.distribution",
+        ),
+        (
+            lambda d: d["dcat:distribution"]["spdx:checksum"].update(
+                {"spdx:checksumValue": "0" * 64}
+            ),
+            "provenance.dcat.checksum",
+        ),
+        (lambda d: d["dcat:distribution"].pop("spdx:checksum"), "provenance.dcat.checksum-present"),
     ],
 )
 def test_each_dcat_shape_reports_its_violation(change: Any, check: str, published: RunFacts):
@@ -332,7 +357,9 @@ def test_an_untyped_activity_is_still_judged(published: RunFacts) -> None:
     """
     findings = _judge_text("prov", turtle, "turtle", published)
     assert _failed(findings) == [
-        "provenance.prov.checksum-present", "provenance.prov.generation", "provenance.prov.used"
+        "provenance.prov.checksum-present",
+        "provenance.prov.generation",
+        "provenance.prov.used",
     ]
 
 
@@ -368,11 +395,15 @@ def test_stac_item_from_pystac_and_the_reference(published: RunFacts) -> None:
     [
         (lambda d: d.pop("links"), ["provenance.stac.item"]),
         (lambda d: d.update({"type": "Collection"}), ["provenance.stac.item"]),
-        (lambda d: d["properties"].update({"datetime": None}),
-         ["provenance.stac.datetime", "provenance.stac.item"]),
+        (
+            lambda d: d["properties"].update({"datetime": None}),
+            ["provenance.stac.datetime", "provenance.stac.item"],
+        ),
         (lambda d: d["assets"].update({"data": {"href": URL}}), ["provenance.stac.asset"]),
-        (lambda d: d["assets"]["data"].update({"file:checksum": "1220" + "0" * 64}),
-         ["provenance.stac.checksum"]),
+        (
+            lambda d: d["assets"]["data"].update({"file:checksum": "1220" + "0" * 64}),
+            ["provenance.stac.checksum"],
+        ),
         (lambda d: d["assets"]["data"].pop("file:checksum"), ["provenance.stac.checksum-present"]),
     ],
 )
@@ -398,8 +429,9 @@ def test_library_graphs_pass(published: RunFacts) -> None:
     prov = library.prov_graph(published.output_uri, sha, URL, "urn:run")
     dcat = library.dcat_graph(published.output_uri, sha, "urn:dataset")
     document = library.prov_document("data.parquet", URL, "r1")
-    from_prov = Graph().parse(data=document.serialize(format="rdf", rdf_format="turtle"),
-                              format="turtle")
+    from_prov = Graph().parse(
+        data=document.serialize(format="rdf", rdf_format="turtle"), format="turtle"
+    )
     assert _failed(judge_rdf("prov", prov, published)) == []
     assert _failed(judge_rdf("dcat", dcat, published)) == []
     assert _failed(judge_rdf("prov", from_prov, published)) == ["provenance.prov.checksum-present"]
@@ -412,8 +444,13 @@ def test_library_serialized_sidecars_are_certified(
 ) -> None:
     monkeypatch.undo()  # the CLI runs in a child process, with its own origin
     code, out, err = certify(
-        "certify", "--profile", str(profile), "--only", "provenance",
-        "--report-dir", str(tmp_path / "report"),
+        "certify",
+        "--profile",
+        str(profile),
+        "--only",
+        "provenance",
+        "--report-dir",
+        str(tmp_path / "report"),
     )
     row = guarantee_row(load_report(tmp_path / "report"), "provenance")
     assert code == 0, (out, err[-2000:])
@@ -421,8 +458,11 @@ def test_library_serialized_sidecars_are_certified(
     judged = [s for s in row["scenarios"] if "describe" in s["check_id"]]
     assert judged and all(s["verdict"] in ("pass", "warn") for s in judged)
     checks = {f["check"] for s in judged for f in s["findings"]}
-    assert {"provenance.prov.used", "provenance.dcat.distribution",
-            "provenance.stac.asset"} <= checks
+    assert {
+        "provenance.prov.used",
+        "provenance.dcat.distribution",
+        "provenance.stac.asset",
+    } <= checks
 
 
 def test_there_are_compliant_library_pipelines() -> None:

@@ -119,19 +119,36 @@ def test_strict_judge_fails_on_a_missed_should() -> None:
 
 def _scenario(check: str, verdict: str, kind: str = "required", skip_kind=None) -> dict:
     return {
-        "check_id": check, "guarantee": check.split("/")[0], "name": check, "verdict": verdict,
-        "message": "", "kind": kind, "skip_kind": skip_kind, "evidence": {},
+        "check_id": check,
+        "guarantee": check.split("/")[0],
+        "name": check,
+        "verdict": verdict,
+        "message": "",
+        "kind": kind,
+        "skip_kind": skip_kind,
+        "evidence": {},
     }
 
 
 def test_unavailable_required_skip_blocks_certification() -> None:
-    base = dict(pipeline={"name": "p", "command": []}, provenance={}, strict=False,
-                selected=["exit-codes"])
-    ok = fold([_scenario("exit-codes/a", "pass"),
-               _scenario("exit-codes/b", "skip", skip_kind="not-declared")], **base)
+    base = dict(
+        pipeline={"name": "p", "command": []}, provenance={}, strict=False, selected=["exit-codes"]
+    )
+    ok = fold(
+        [
+            _scenario("exit-codes/a", "pass"),
+            _scenario("exit-codes/b", "skip", skip_kind="not-declared"),
+        ],
+        **base,
+    )
     assert ok.certified and ok.level == "core"
-    blocked = fold([_scenario("exit-codes/a", "pass"),
-                    _scenario("exit-codes/b", "skip", skip_kind="unavailable")], **base)
+    blocked = fold(
+        [
+            _scenario("exit-codes/a", "pass"),
+            _scenario("exit-codes/b", "skip", skip_kind="unavailable"),
+        ],
+        **base,
+    )
     assert not blocked.certified
     warned = fold([_scenario("exit-codes/a", "warn")], **base)
     assert warned.certified
