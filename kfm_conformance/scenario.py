@@ -9,7 +9,6 @@ origin received.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
@@ -25,22 +24,11 @@ from kfm_conformance.upstream import (
     Exchange,
     Origin,
     Reply,
-    Resource,
-    http_date,
-    named_body,
-    rows_payload,
-    script_next_answer,
+    UpstreamScript,
+    Version,
+    closed_port_url,
 )
 from kfm_conformance.verdict import Finding, Judge, NotApplicable, SkipKind
-
-
-@dataclass
-class Version:
-    """A version of the upstream data the scenario served, and what publishing it produced."""
-
-    number: int
-    resource: Resource
-    output: FileState | None = None
 
 
 class RunObserver(Protocol):
@@ -65,18 +53,19 @@ class ScenarioContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     other_sandboxes: list[Sandbox] = field(default_factory=list)
     all_runs: list[RunResult] = field(default_factory=list)
-    versions: list[Version] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     marks: dict[str, Snapshot] = field(default_factory=dict)
     run_observers: list[RunObserver] = field(default_factory=list)
     rng: random.Random = field(init=False)
+    upstream: UpstreamScript = field(init=False)
     skip_kind: SkipKind | None = None
     _runs_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _in_flight: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.upstream = UpstreamScript(self.origin, self.seed, self.rng)
         self.sandbox.listener = self
         make_raw = self.make_sandbox
 
@@ -87,98 +76,35 @@ class ScenarioContext:
 
         self.make_sandbox = make_logged_sandbox
 
-    # -- the upstream -------------------------------------------------------------------------
-    def serve(
-        self,
-        body: str | bytes,
-        *,
-        last_modified: str | None = "default",
-        etag: str | None = None,
-        honour_conditionals: bool = True,
-        gzip: bool = False,
-    ) -> Version:
-        """Make a new version of the upstream data current."""
-        number = len(self.versions) + 1
-        payload = body if isinstance(body, bytes) else named_body(body, seed=self.seed)
-        if last_modified == "default":
-            last_modified = http_date(1_700_000_000 + 86_400 * number)
-        resource = Resource(
-            body=payload,
-            last_modified=last_modified,
-            etag=etag,
-            honour_conditionals=honour_conditionals,
-            gzip=gzip,
-        )
-        self.origin.serve(resource)
-        version = Version(number, resource)
-        self.versions.append(version)
-        return version
-
-    def serve_rows(self, count: int, **kw: Any) -> Version:
-        version_number = len(self.versions) + 1
-        return self.serve(f"{count} rows of version {version_number}", **kw)
+    # -- the upstream: scripted by self.upstream; what needs the profile is here ------------
+    @property
+    def versions(self) -> list[Version]:
+        return self.upstream.versions
 
     @property
     def current(self) -> Version:
-        if not self.versions:
-            raise RuntimeError("no upstream version served yet")
-        return self.versions[-1]
-
-    def serve_scrambled_rows(self, count: int) -> Version:
-        rows = json.loads(rows_payload(count, seed=self.seed, version=len(self.versions) + 1))
-        self.rng.shuffle(rows)
-        return self.serve(json.dumps(rows, separators=(",", ":")).encode())
-
-    def serve_published_version_again(self) -> None:
-        """Serve the resource of the version whose data is published, validators and all."""
-        published = self.current_published_state()
-        for version in reversed(self.versions):
-            if (
-                version.output is not None
-                and published is not None
-                and version.output.sha256 == published.sha256
-            ):
-                self.origin.serve(version.resource)
-                self.versions.append(version)
-                return
-        raise RuntimeError("no published version to go back to")
+        return self.upstream.current
 
     def script_answer(self, phrase: str) -> Reply:
         """Queue the one-off answer a feature file describes in words."""
         if phrase == "a valid payload larger than the cap":
             cap = int(self.require_declared("max_body_bytes"))
-            count = cap // 40 + 100  # every generated row is longer than 40 bytes
-            body = rows_payload(count, seed=self.seed, version=97)
-            self.evidence["size_cap"] = {"declared_bytes": cap, "payload_bytes": len(body)}
-            reply = Reply(body=body, headers={"Content-Type": "application/json"})
-            self.origin.push(reply)
+            reply = self.upstream.queue_oversized_answer(cap)
+            self.evidence["size_cap"] = {"declared_bytes": cap, "payload_bytes": len(reply.body)}
             return reply
-        return script_next_answer(self.origin, phrase, seed=self.seed)
+        return self.upstream.queue_answer(phrase)
 
     def script_slow_answer(self, slowness: str) -> Reply:
         """An answer that takes twice the declared fetch bound, as late headers or a trickle."""
         bound = float(self.require_declared("fetch_timeout_s"))
-        body = rows_payload(25, seed=self.seed, version=98)
-        if slowness == "headers sent late":
-            reply = Reply(body=body, delay_s=2 * bound)
-        elif slowness == "a trickling body":
-            chunk = max(1, len(body) // 40)
-            reply = Reply(body=body, trickle_chunk=chunk, trickle_interval_s=2 * bound / 40)
-        else:
-            raise ValueError(f"unknown slowness {slowness!r}")
-        self.origin.push(reply)
-        return reply
+        return self.upstream.queue_slow_answer(slowness, bound)
 
     # -- running ------------------------------------------------------------------------------
     def closed_port_url(self) -> str:
         """A loopback URL nobody listens on: connecting to it is refused."""
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        url, port = closed_port_url()
         self.notes.append(f"port {port} was free and closed when the run started")
-        return f"http://127.0.0.1:{port}/data.json"
+        return url
 
     def fresh_sandbox(self) -> Sandbox:
         """Another fresh, empty working directory within this scenario."""
@@ -249,15 +175,7 @@ class ScenarioContext:
         self.run("publication in working directory A", sandbox=first)
         self.expect_exit("published")
         if gzip_second:
-            resource = self.current.resource
-            self.origin.serve(
-                Resource(
-                    body=resource.body,
-                    last_modified=resource.last_modified,
-                    etag=resource.etag,
-                    gzip=True,
-                )
-            )
+            self.upstream.serve_gzip_encoded()
         second = self.fresh_sandbox()
         label = "publication in working directory B" + (" (gzip-encoded)" if gzip_second else "")
         self.run(label, sandbox=second)
@@ -358,10 +276,7 @@ class ScenarioContext:
         self._check(checks.ims_verbatim_if_sent(sent, self.served_versions()))
 
     def current_published_state(self) -> FileState | None:
-        for version in reversed(self.versions):
-            if version.output is not None:
-                return version.output
-        return None
+        return self.upstream.published()
 
     def expect_files_unchanged_since(self, mark: str) -> None:
         """Output and run-state are byte-identical to the marked moment."""
@@ -397,9 +312,6 @@ class ScenarioContext:
         self.expect_no_temporaries()
 
     # -- judging the requests -------------------------------------------------------------------
-    def data_requests(self) -> list[Exchange]:
-        return self.origin.requests_for()
-
     def served_versions(self) -> list[checks.ServedVersion]:
         return [
             checks.ServedVersion(
@@ -414,7 +326,7 @@ class ScenarioContext:
     def request_of_last_run(self) -> Exchange:
         """The first request of the last run; a run that sent none ends the step."""
         run = self.last_run
-        seen = checks.requests_of_run(self.data_requests(), run)
+        seen = checks.requests_of_run(self.upstream.data_requests(), run)
         self.judge.apply(checks.request_sent(run, seen))
         return seen[0]
 
@@ -484,16 +396,7 @@ class ScenarioContext:
             r.to_json() for box in (self.sandbox, *self.other_sandboxes) for r in box.runs
         ]
         data["http"] = self.origin.transcript()
-        data["versions"] = [
-            {
-                "number": v.number,
-                "last_modified": v.resource.last_modified,
-                "etag": v.resource.etag,
-                "payload_bytes": len(v.resource.body),
-                "output_sha256": v.output.sha256 if v.output else None,
-            }
-            for v in self.versions
-        ]
+        data["versions"] = self.upstream.to_evidence()
         if self.notes:
             data["notes"] = list(self.notes)
         data["workdir"] = self.sandbox.workdir.name

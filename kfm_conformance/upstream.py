@@ -8,6 +8,10 @@ body), gzip (valid or corrupt), redirects and connection resets.
 Every request is recorded as an :class:`Exchange`, so steps can assert on exactly what the
 pipeline sent: the header bytes it chose, not what a client library meant to send.
 
+A scenario speaks to the origin through its :class:`UpstreamScript`: the versions it served, in
+order (each remembers what publishing it produced), and the one-off answers the feature files
+describe in words.
+
 A resource answers conditional requests the way RFC 9110 says a correct origin does: with an
 ETag, ``If-None-Match`` decides (weak comparison) and ``If-Modified-Since`` is ignored; without
 one, an ``If-Modified-Since`` equal to the stored Last-Modified gives ``304``. The comparison is
@@ -30,10 +34,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_httpserver import HTTPServer, URIPattern
 from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from kfm_conformance.sandbox import FileState
 
 #: The path a scenario's data is served from.
 DATA_PATH = "/data.json"
@@ -382,3 +389,146 @@ def script_next_answer(origin: Origin, phrase: str, *, seed: int = 0) -> Reply:
         reply = Reply(body=named_body(phrase, seed=seed), headers=stamped)
     origin.push(reply)
     return reply
+
+
+# -- the scenario's script of the upstream ------------------------------------------------------
+@dataclass
+class Version:
+    """A version of the upstream data the scenario served, and what publishing it produced."""
+
+    number: int
+    resource: Resource
+    output: FileState | None = None
+
+
+@dataclass
+class UpstreamScript:
+    """What one scenario serves, version after version, and the one-off answers it queues."""
+
+    origin: Origin
+    seed: int
+    rng: random.Random
+    versions: list[Version] = field(default_factory=list)
+
+    def serve(
+        self,
+        body: str | bytes,
+        *,
+        last_modified: str | None = "default",
+        etag: str | None = None,
+        honour_conditionals: bool = True,
+        gzip: bool = False,
+    ) -> Version:
+        """Make a new version of the upstream data current (a phrase such as "25 rows" or the
+        name of a body, or the bytes themselves)."""
+        number = len(self.versions) + 1
+        payload = body if isinstance(body, bytes) else named_body(body, seed=self.seed)
+        if last_modified == "default":
+            last_modified = http_date(1_700_000_000 + 86_400 * number)
+        resource = Resource(
+            body=payload,
+            last_modified=last_modified,
+            etag=etag,
+            honour_conditionals=honour_conditionals,
+            gzip=gzip,
+        )
+        self.origin.serve(resource)
+        version = Version(number, resource)
+        self.versions.append(version)
+        return version
+
+    def serve_rows(self, count: int, **kw: Any) -> Version:
+        return self.serve(f"{count} rows of version {len(self.versions) + 1}", **kw)
+
+    def serve_scrambled_rows(self, count: int) -> Version:
+        """Rows in an order of the scenario's seeded choosing (not sorted by any key)."""
+        rows = json.loads(rows_payload(count, seed=self.seed, version=len(self.versions) + 1))
+        self.rng.shuffle(rows)
+        return self.serve(json.dumps(rows, separators=(",", ":")).encode())
+
+    def serve_gzip_encoded(self) -> None:
+        """Serve the current version's bytes again, gzip-encoded on the wire."""
+        resource = self.current.resource
+        self.origin.serve(
+            Resource(
+                body=resource.body,
+                last_modified=resource.last_modified,
+                etag=resource.etag,
+                gzip=True,
+            )
+        )
+
+    @property
+    def current(self) -> Version:
+        if not self.versions:
+            raise RuntimeError("no upstream version served yet")
+        return self.versions[-1]
+
+    def published(self) -> FileState | None:
+        """What publishing the latest published version produced (None before any)."""
+        for version in reversed(self.versions):
+            if version.output is not None:
+                return version.output
+        return None
+
+    def serve_published_version_again(self) -> None:
+        """Serve the resource of the version whose data is published, validators and all."""
+        published = self.published()
+        for version in reversed(self.versions):
+            if (
+                version.output is not None
+                and published is not None
+                and version.output.sha256 == published.sha256
+            ):
+                self.origin.serve(version.resource)
+                self.versions.append(version)
+                return
+        raise RuntimeError("no published version to go back to")
+
+    def queue_answer(self, phrase: str) -> Reply:
+        """Queue the one-off answer a feature file describes in words."""
+        return script_next_answer(self.origin, phrase, seed=self.seed)
+
+    def queue_oversized_answer(self, cap_bytes: int) -> Reply:
+        """Queue valid rows larger than ``cap_bytes``."""
+        count = cap_bytes // 40 + 100  # every generated row is longer than 40 bytes
+        body = rows_payload(count, seed=self.seed, version=97)
+        reply = Reply(body=body, headers={"Content-Type": "application/json"})
+        self.origin.push(reply)
+        return reply
+
+    def queue_slow_answer(self, slowness: str, bound_s: float) -> Reply:
+        """An answer that takes twice ``bound_s``: headers sent late, or a trickling body."""
+        body = rows_payload(25, seed=self.seed, version=98)
+        if slowness == "headers sent late":
+            reply = Reply(body=body, delay_s=2 * bound_s)
+        elif slowness == "a trickling body":
+            chunk = max(1, len(body) // 40)
+            reply = Reply(body=body, trickle_chunk=chunk, trickle_interval_s=2 * bound_s / 40)
+        else:
+            raise ValueError(f"unknown slowness {slowness!r}")
+        self.origin.push(reply)
+        return reply
+
+    def data_requests(self) -> list[Exchange]:
+        return self.origin.requests_for()
+
+    def to_evidence(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "number": v.number,
+                "last_modified": v.resource.last_modified,
+                "etag": v.resource.etag,
+                "payload_bytes": len(v.resource.body),
+                "output_sha256": v.output.sha256 if v.output else None,
+            }
+            for v in self.versions
+        ]
+
+
+def closed_port_url() -> tuple[str, int]:
+    """A loopback URL nobody listens on (connecting to it is refused), and its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/data.json", port

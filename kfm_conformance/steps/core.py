@@ -28,37 +28,37 @@ def _outcomes(text: str) -> list[str]:
 # -- Given: the upstream ------------------------------------------------------------------------
 @given(parsers.re(r"the upstream serves (?P<count>\d+) rows$"))
 def upstream_serves_rows(kfm: ScenarioContext, count: str) -> None:
-    kfm.serve_rows(int(count))
+    kfm.upstream.serve_rows(int(count))
 
 
 @given(parsers.re(r'the upstream serves (?P<count>\d+) rows last modified "(?P<value>[^"]*)"'))
 def upstream_serves_rows_last_modified(kfm: ScenarioContext, count: str, value: str) -> None:
-    kfm.serve_rows(int(count), last_modified=value)
+    kfm.upstream.serve_rows(int(count), last_modified=value)
 
 
 @given(parsers.re(r"the upstream serves (?P<count>\d+) rows with the entity tag (?P<etag>.+)$"))
 def upstream_serves_rows_with_etag(kfm: ScenarioContext, count: str, etag: str) -> None:
-    kfm.serve_rows(int(count), etag=etag.strip())
+    kfm.upstream.serve_rows(int(count), etag=etag.strip())
 
 
 @given(parsers.re(r"the upstream serves (?P<count>\d+) rows and ignores conditional requests"))
 def upstream_ignores_conditionals(kfm: ScenarioContext, count: str) -> None:
-    kfm.serve_rows(int(count), honour_conditionals=False)
+    kfm.upstream.serve_rows(int(count), honour_conditionals=False)
 
 
 @given(parsers.re(r"the upstream serves (?P<count>\d+) rows without any validator"))
 def upstream_without_validators(kfm: ScenarioContext, count: str) -> None:
-    kfm.serve_rows(int(count), last_modified=None)
+    kfm.upstream.serve_rows(int(count), last_modified=None)
 
 
 @given(parsers.re(r"the upstream serves (?P<count>\d+) rows in a scrambled order"))
 def upstream_scrambled(kfm: ScenarioContext, count: str) -> None:
-    kfm.serve_scrambled_rows(int(count))
+    kfm.upstream.serve_scrambled_rows(int(count))
 
 
 @given(parsers.re(rf"the upstream serves (?P<body>{_NAMED})$"))
 def upstream_serves_named(kfm: ScenarioContext, body: str) -> None:
-    kfm.serve(body)
+    kfm.upstream.serve(body)
 
 
 @given(parsers.re(r"the upstream's next answer is (?P<answer>.+)$"))
@@ -83,7 +83,7 @@ def declares_fetch_bound(kfm: ScenarioContext) -> None:
 
 @given("the pipeline has published a small version once")
 def published_small_once(kfm: ScenarioContext) -> None:
-    kfm.serve_rows(10)
+    kfm.upstream.serve_rows(10)
     kfm.publish_once()
 
 
@@ -117,17 +117,17 @@ def output_deleted(kfm: ScenarioContext) -> None:
 
 @when(parsers.re(r"the upstream moves to a new version of (?P<count>\d+) rows"))
 def upstream_new_version(kfm: ScenarioContext, count: str) -> None:
-    kfm.serve_rows(int(count))
+    kfm.upstream.serve_rows(int(count))
 
 
 @when(parsers.re(r"the upstream moves to a new version holding (?P<body>.+)$"))
 def upstream_new_version_holding(kfm: ScenarioContext, body: str) -> None:
-    kfm.serve(body)
+    kfm.upstream.serve(body)
 
 
 @when("the upstream goes back to the published version")
 def upstream_back_to_published(kfm: ScenarioContext) -> None:
-    kfm.serve_published_version_again()
+    kfm.upstream.serve_published_version_again()
 
 
 @when(

@@ -59,8 +59,8 @@ from kfm_conformance.faults.lint import (
     lint_trace,
     select,
 )
-from kfm_conformance.scenario import ScenarioContext, Version
-from kfm_conformance.upstream import Resource
+from kfm_conformance.scenario import ScenarioContext
+from kfm_conformance.upstream import Resource, Version
 from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, recommended
 
 #: Parallel lanes of the crash campaign (the blueprint's reference machine has 2 cores).
@@ -122,11 +122,11 @@ def killed_at_each_step(
     strace.require_strace()
     first, update = _FIRST.fullmatch(publication), _UPDATE.fullmatch(publication)
     if update:
-        old = kfm.serve_rows(int(update.group(1)))
-        new = kfm.serve_rows(int(update.group(2)))
+        old = kfm.upstream.serve_rows(int(update.group(1)))
+        new = kfm.upstream.serve_rows(int(update.group(2)))
         case = UPDATE
     elif first:
-        old, new = None, kfm.serve_rows(int(first.group(1)))
+        old, new = None, kfm.upstream.serve_rows(int(first.group(1)))
         case = FIRST_PUBLICATION
     else:
         raise ValueError(f"unknown publication {publication!r}")
@@ -238,9 +238,9 @@ def protocol_recorded(
     kfm: ScenarioContext, kfm_faults: FaultsWorld, first: str, second: str
 ) -> None:
     strace.require_strace()
-    kfm.serve_rows(int(first))
+    kfm.upstream.serve_rows(int(first))
     _, found = _recorded(kfm, kfm_faults, "first publication under strace", "the first publication")
-    kfm.serve_rows(int(second))
+    kfm.upstream.serve_rows(int(second))
     _, more = _recorded(kfm, kfm_faults, "update under strace", "the update")
     kfm_faults.lint = found + more
 
@@ -362,7 +362,7 @@ def two_runs(kfm: ScenarioContext, kfm_faults: FaultsWorld, busy: str, count: st
     book = _book(kfm, [first])
 
     def move_upstream() -> Version:
-        version = kfm.serve_rows(int(count))
+        version = kfm.upstream.serve_rows(int(count))
         book.add(_label(version), version.resource)
         return version
 
@@ -419,7 +419,7 @@ def killed_at_random(kfm: ScenarioContext, kfm_faults: FaultsWorld, rounds: str)
     book = _book(kfm, [kfm.current])
 
     def serve_next() -> tuple[str, Resource]:
-        version = kfm.serve_rows(2000 + 100 * len(kfm.versions))
+        version = kfm.upstream.serve_rows(2000 + 100 * len(kfm.versions))
         return _label(version), version.resource
 
     clean = kfm.last_run.duration_s if kfm.all_runs else 1.0
