@@ -56,6 +56,10 @@ class ScenarioContext:
     evidence: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     marks: dict[str, Snapshot] = field(default_factory=dict)
+    #: The exit codes of a scenario repeated in fresh working directories, in order.
+    repeated_exit_codes: list[int | None] = field(default_factory=list)
+    #: What a reader saw while runs published: one list of output digests per run.
+    reader_observations: list[list[str | None]] = field(default_factory=list)
     run_observers: list[RunObserver] = field(default_factory=list)
     rng: random.Random = field(init=False)
     upstream: UpstreamScript = field(init=False)
@@ -167,7 +171,7 @@ class ScenarioContext:
                 self.script_answer(answer)
             result = self.run(f"repetition {attempt}", sandbox=self.fresh_sandbox())
             codes.append(result.exit_code)
-        self.evidence["repeated_exit_codes"] = codes
+        self.repeated_exit_codes = codes
 
     def publish_in_fresh_dirs(self, *, gzip_second: bool) -> None:
         """Publish the current version in two fresh working directories."""
@@ -184,7 +188,7 @@ class ScenarioContext:
     def run_with_reader(self) -> None:
         """Run the pipeline while a reader polls the output; keep what the reader saw."""
         seen = self.poll_output_during(lambda: self.run())
-        self.evidence.setdefault("reader_observations", []).append(seen)
+        self.reader_observations.append(seen)
 
     def mark(self, name: str) -> None:
         """Remember the working directory's files, to compare with later."""
@@ -211,7 +215,7 @@ class ScenarioContext:
         self._check(checks.every_run_succeeded(self.all_runs, success))
 
     def expect_same_code_every_time(self) -> None:
-        self._check(checks.same_code_every_time(self.evidence.get("repeated_exit_codes", [])))
+        self._check(checks.same_code_every_time(self.repeated_exit_codes))
 
     def expect_success_code(self) -> None:
         self.expect_exit("published", "not_modified")
@@ -264,7 +268,7 @@ class ScenarioContext:
         # complete: a run's own before/after snapshot could itself be torn.
         complete: set[str | None] = {None}
         complete |= {v.output.sha256 for v in self.versions if v.output is not None}
-        seen = [d for batch in self.evidence.get("reader_observations", []) for d in batch]
+        seen = [d for batch in self.reader_observations for d in batch]
         self.evidence["reader_summary"] = {
             "reads_with_a_new_state": len(seen),
             "complete_versions": sorted(d for d in complete if d),
@@ -397,6 +401,10 @@ class ScenarioContext:
         ]
         data["http"] = self.origin.transcript()
         data["versions"] = self.upstream.to_evidence()
+        if self.repeated_exit_codes:
+            data["repeated_exit_codes"] = list(self.repeated_exit_codes)
+        if self.reader_observations:
+            data["reader_observations"] = [list(seen) for seen in self.reader_observations]
         if self.notes:
             data["notes"] = list(self.notes)
         data["workdir"] = self.sandbox.workdir.name
