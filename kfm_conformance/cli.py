@@ -13,6 +13,11 @@ results it wrote, and folds them into ``report.json``, ``report.md`` and ``junit
 
 from __future__ import annotations
 
+# First, before anything imports jsonschema (see its docstring).
+from kfm_conformance import lean_imports  # noqa: F401
+
+# isort: split
+
 import argparse
 import json
 import os
