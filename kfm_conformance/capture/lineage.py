@@ -101,7 +101,7 @@ class LineageSink(CaptureServer):
         self,
         *,
         forward_to: str | None = None,
-        forward_timeout_s: float = 5.0,
+        forward_timeout_s: float = 20.0,
         limits: Limits | None = None,
     ) -> None:
         self._records: list[LineageRecord] = []

@@ -117,7 +117,7 @@ class ServiceObserver:
         assert self.capture is not None and self.marquez is not None
         run = self.capture.last
         sink = self.capture.services.lineage
-        sink.wait_forwarded(timeout=15.0)
+        sink.wait_forwarded(timeout=60.0)  # a loaded CI machine: each forward may take 20 s
         seqs = {r.seq for r in run.lineage_records}
         records = [r for r in sink.records(since=min(seqs) - 1) if r.seq in seqs] if seqs else []
         findings, evidence = judge_marquez_run(records, exit_ok=run.success, client=self.marquez)
