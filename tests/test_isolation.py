@@ -301,7 +301,14 @@ def test_a_runs_pid_is_its_command_not_bubblewrap(tmp_path: Path):
         "http://127.0.0.1:9/", wrapper=["/bin/sh", "-c", "sleep 5", "kfm-marker"]
     )
     try:
-        argv = Path(f"/proc/{running.pid}/cmdline").read_bytes().split(b"\0")
+        pid = running.pid
+        deadline = time.monotonic() + 10
+        argv: list[bytes] = []
+        while time.monotonic() < deadline:  # until the child of run_init has exec'd
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0] == b"/bin/sh":
+                break
+            time.sleep(0.01)
         assert argv[0] == b"/bin/sh", argv
     finally:
         running.kill()
