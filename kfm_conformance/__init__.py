@@ -7,5 +7,8 @@ __version__ = "0.1.0"
 #: The blueprint version whose guarantees this harness checks.
 BLUEPRINT_VERSION = "v11.2.2"
 
-if _os.environ.get("KFM_CONFORMANCE_LEAN_IMPORTS") == "1":  # a process the CLI started
+#: Marks the processes the CLI starts (see :mod:`kfm_conformance.lean_imports`).
+LEAN_IMPORTS_ENV = "KFM_CONFORMANCE_LEAN_IMPORTS"
+
+if _os.environ.get(LEAN_IMPORTS_ENV) == "1":  # a process the CLI started
     from kfm_conformance import lean_imports as _lean_imports  # noqa: F401

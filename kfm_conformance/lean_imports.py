@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-#: Set in the environment of the processes the CLI starts.
-ENV = "KFM_CONFORMANCE_LEAN_IMPORTS"
+from kfm_conformance import LEAN_IMPORTS_ENV
 
 
 def skip_iri_grammars() -> None:
@@ -27,5 +26,5 @@ def skip_iri_grammars() -> None:
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
-os.environ[ENV] = "1"
+os.environ[LEAN_IMPORTS_ENV] = "1"
 skip_iri_grammars()

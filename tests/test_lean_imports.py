@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 
+from kfm_conformance import LEAN_IMPORTS_ENV
+
 PROBE = """
 import sys
+
+from kfm_conformance import LEAN_IMPORTS_ENV
 import kfm_conformance.cli  # noqa: F401  (imports jsonschema through the capture layer)
 from jsonschema import FormatChecker
 checker = FormatChecker()
@@ -23,7 +27,7 @@ print(sys.modules.get("rfc3987_syntax", "absent"))
 
 
 def _env_without_mark() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "KFM_CONFORMANCE_LEAN_IMPORTS"}
+    return {k: v for k, v in os.environ.items() if k != LEAN_IMPORTS_ENV}
 
 
 def test_the_cli_skips_the_iri_grammars_and_keeps_the_formats_it_checks() -> None:
