@@ -148,7 +148,11 @@ class LakeFSProxy:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kfm-lakefs-proxy", daemon=True
+            target=self._server.serve_forever,
+            # close() waits for the loop to look for a stop: 0.5 s by default, per scenario.
+            kwargs={"poll_interval": 0.02},
+            name="kfm-lakefs-proxy",
+            daemon=True,
         )
         self._thread.start()
 
