@@ -39,6 +39,7 @@ from kfm_conformance import airflow as airflow_runner
 from kfm_conformance import channel, guarantees, isolation
 from kfm_conformance import sandbox as sandbox_module
 from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
+from kfm_conformance.faults import campaign_cache
 from kfm_conformance.features import declared_id
 from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile, load_profile
@@ -162,6 +163,7 @@ def pytest_configure(config: pytest.Config) -> None:
     results_dir = config.getoption("--kfm-results")
     if results_dir:
         sandbox_module.HIDDEN_PATHS.append(Path(results_dir).resolve())
+        campaign_cache.use_results_directory(Path(results_dir).resolve())
     seed = config.getoption("--kfm-seed")
     config.stash[SEED_KEY] = seed if seed is not None else int(time.time()) % 1_000_000
     for module in STEP_MODULES:

@@ -6,8 +6,10 @@ kill, convergence) and ``idempotency`` (what the run-state claims after each kil
 scenarios ask for the same campaign (same profile, same versions, same seed), so it runs once:
 the first scenario to ask runs it; any other, in the same process or in another pytest-xdist
 worker of the same run, waits for it and reads its result back. Workers find each other
-through a directory named after the run's id (``PYTEST_XDIST_TESTRUNUID``), holding one lock
-file and one JSON file per campaign.
+through a directory holding one lock file and one JSON file per campaign: ``campaigns/`` in
+the run's results directory (``--kfm-results``, which the CLI removes at the end and hides
+from every run), else, for the suite run by hand under xdist, one in the temp dir named after
+the run's id (``PYTEST_XDIST_TESTRUNUID``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ RUN_ID_ENV = "PYTEST_XDIST_TESTRUNUID"
 
 _memory: dict[str, tuple[CampaignResult, str]] = {}
 _memory_lock = threading.Lock()
+_shared_directory: Path | None = None
+
+
+def use_results_directory(results: Path) -> None:
+    """Share campaigns through ``results/campaigns`` (the plugin calls this per process)."""
+    global _shared_directory
+    _shared_directory = results / "campaigns"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ def campaign_key(**parts: Any) -> str:
 
 
 def _directory() -> Path | None:
+    if _shared_directory is not None:
+        _shared_directory.mkdir(exist_ok=True)
+        return _shared_directory
     run_id = os.environ.get(RUN_ID_ENV)
     if not run_id:
         return None

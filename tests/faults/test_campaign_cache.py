@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,18 @@ def test_another_worker_reads_the_result_back(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["scenario", "A", "update", "1.5"]
+
+
+def test_under_the_cli_campaigns_are_shared_in_the_results_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI's results directory is removed at the end and hidden from runs: nothing is left
+    in the temp dir, whatever the run's id."""
+    run_id = f"test{tmp_path.name}".replace("_", "") + "results"
+    monkeypatch.setenv(campaign_cache.RUN_ID_ENV, run_id)
+    monkeypatch.setattr(campaign_cache, "_memory", {})
+    monkeypatch.setattr(campaign_cache, "_shared_directory", None)
+    campaign_cache.use_results_directory(tmp_path)
+    shared_campaign("k3", "scenario A", result)
+    assert (tmp_path / "campaigns" / "k3.json").is_file()
+    assert not (Path(tempfile.gettempdir()) / f"kfm-campaigns-{run_id}").exists()
