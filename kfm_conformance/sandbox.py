@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from kfm_conformance import isolation
+from kfm_conformance.airflow import carry_wrapper
 from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.profile import Profile
 from kfm_conformance.verdict import ConfigurationError, HarnessError
@@ -381,7 +382,8 @@ class Sandbox:
         timeout_s: float,
     ) -> list[str]:
         init = [sys.executable, "-I", "-S", str(RUN_INIT), str(report_fd), f"{timeout_s:g}", "--"]
-        command = [*init, *wrapper, *argv]
+        carried = carry_wrapper(argv, list(wrapper)) if "airflow" in self.profile.raw else None
+        command = [*init, *(carried or [*wrapper, *argv])]
         if self.isolation.mode is Isolation.NONE:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]

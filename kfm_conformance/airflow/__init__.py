@@ -32,9 +32,11 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -154,6 +156,19 @@ def airflow_argv(profile: Profile, *, src: str, workdir: Path) -> list[str] | No
     return argv
 
 
+def carry_wrapper(argv: list[str], wrapper: list[str]) -> list[str] | None:
+    """A warm run's command when a wrapper (strace) should trace it, or None for any other run.
+
+    strace in front of a warm client would trace the client, not the DAG run, which happens in
+    a worker the warm runner forks. So the client carries the strace command instead
+    (``--trace-with``) and attaches it to its worker, held at a fixed point until strace is
+    there (see the runner's docstring); recordings and injections thus count the same calls.
+    """
+    if not wrapper or "--client" not in argv:
+        return None
+    return [*argv, "--trace-with", json.dumps(wrapper, separators=(",", ":"))]
+
+
 def airflow_version(python: str) -> str:
     """The apache-airflow-core version installed for ``python``."""
     try:
@@ -184,8 +199,6 @@ def db_template(python: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        import tempfile
-
         folder = Path(tempfile.gettempdir()) / f"kfm-airflow-db-{os.getuid()}" / version
         folder.mkdir(parents=True, exist_ok=True)
     target = folder / "airflow.db"
@@ -222,9 +235,12 @@ class WarmRunner:
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.address = f"kfm-airflow-{os.getpid()}-{secrets.token_hex(8)}"
+        # The server's own temp dir (its AIRFLOW_HOME goes there), removed when it is stopped:
+        # a server is killed, so it cannot remove what it made itself.
+        self.tmp = tempfile.mkdtemp(prefix="kfm-airflow-server-")
         self.process = subprocess.Popen(
             [*argv, "--serve", self.address],
-            env=env,
+            env={**env, "TMPDIR": self.tmp},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -251,6 +267,7 @@ class WarmRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def prepare_airflow(profile: Profile) -> dict[str, str]:

@@ -54,6 +54,7 @@ for the exit code. See ``kfm_conformance/airflow/__init__.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -144,6 +145,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--serve")
     parser.add_argument("--client")
     parser.add_argument("--cold", action="store_true", help="never use a warm runner")
+    parser.add_argument(
+        "--trace-with",
+        help="JSON list: the strace command (without a command to run) that traces a warm run",
+    )
     return parser.parse_args(argv)
 
 
@@ -616,8 +621,17 @@ def cold_main(spec: Spec) -> None:
 # client's mount and PID namespaces when they differ (an isolated client), runs the DAG run as
 # the cold path does and exits; the server sends the client the exit code. A client that dies
 # (killed at a timeout or by a crash scenario) closes the connection and the server kills its
-# worker's process group at once. A traced client (strace: crash-point and I/O-error
-# injection) never uses the server: it runs the cold path, so every system call is its own.
+# worker's process group at once.
+#
+# A traced run (strace: recordings, crash points, I/O-error injection) is a client started
+# with ``--trace-with STRACE_ARGV``: it asks for a held worker, which stops itself (SIGSTOP)
+# right after ``setsid``, before it does anything of the run; the server sends the client
+# the worker's pid; the client attaches ``STRACE_ARGV -p PID`` to it, waits until the worker
+# is traced, and continues it. Every traced run, recording or injection, is attached at that
+# same point, so strace's per-tracee counts (``when=N``) agree between them. The server sends
+# the worker's raw wait status, and a client whose worker was killed by a signal kills itself
+# with the same signal, as strace does for a command it started. A client that is itself
+# traced (a wrapper in front of it) never uses the server: it runs the cold path.
 
 import socket  # noqa: E402 - the warm runner's imports, stdlib only
 import struct  # noqa: E402
@@ -688,8 +702,50 @@ def lineage_wanted(env: dict[str, str]) -> bool:
     )
 
 
-def client(address: str, spec: Spec) -> int | None:
-    """Run through the warm runner; None when there is none to use (then run cold)."""
+def _attach_argv(trace_with: list[str], pid: int) -> list[str]:
+    """The strace command that attaches to a held worker: the harness's strace command with
+    ``-q`` (no "attached" lines on the run's stderr), without ``--seccomp-bpf`` (strace can
+    filter in the kernel only for a command it starts), and ``-p PID``."""
+    rest = [a for a in trace_with[1:] if a != "--seccomp-bpf"]
+    return [trace_with[0], "-q", *rest, "-p", str(pid)]
+
+
+def _wait_stopped(pid: int, timeout_s: float = 30.0) -> bool:
+    """Wait until the held worker has stopped itself (state ``T``): a SIGCONT sent before its
+    SIGSTOP would be lost, and the worker would stay stopped."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                state = stat.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in ("T", "t"):
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def _wait_traced(pid: int, tracer: Any, timeout_s: float = 30.0) -> bool:
+    """Wait until ``pid`` has a tracer (strace has attached), or the tracer has exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and tracer.poll() is None:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("TracerPid:") and line.split()[1] != "0":
+                        return True
+        except OSError:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+def client(address: str, spec: Spec, trace_with: list[str] | None = None) -> int | None:
+    """Run through the warm runner; None when there is none to use (then run cold).
+
+    With ``trace_with`` the run's worker is held and traced by that strace command (see the
+    comment above :func:`_attach_argv`'s section)."""
     if _traced():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -704,6 +760,7 @@ def client(address: str, spec: Spec) -> int | None:
             "env": dict(os.environ),
             "spec": spec.fingerprint(),
             "lineage": lineage_wanted(dict(os.environ)),
+            "hold": bool(trace_with),
         }
     ).encode()
     try:
@@ -715,13 +772,42 @@ def client(address: str, spec: Spec) -> int | None:
     (code,) = _HELLO.unpack(reply)
     if code == 0xFFFFFFFF:  # the server refused (another DAG, say): run cold
         return None
+    tracer = None
     try:
+        if trace_with:
+            (worker,) = _HELLO.unpack(_recv_exact(sock, 4))
+            import signal
+            import subprocess
+
+            if not _wait_stopped(worker):
+                sys.stderr.write("dag_runner: the warm worker did not stop to be traced\n")
+                return 70
+            tracer = subprocess.Popen(_attach_argv(trace_with, worker), stdin=subprocess.DEVNULL)
+            if not _wait_traced(worker, tracer):
+                sys.stderr.write("dag_runner: strace did not attach to the warm worker\n")
+                return 70  # closing the connection makes the server kill the held worker
+            os.kill(worker, signal.SIGCONT)
         final = _recv_exact(sock, 4)
     except OSError:
         sys.stderr.write("dag_runner: the warm runner died during the run\n")
         return 70
+    finally:
+        if tracer is not None:
+            try:
+                tracer.wait(timeout=60)  # the trace file is complete once strace is gone
+            except Exception:
+                tracer.kill()
     (status,) = _HELLO.unpack(final)
-    return int(status)
+    if os.WIFSIGNALED(status):
+        import signal
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+        time.sleep(1)  # a signal that does not end this process: fall through to its code
+    return os.waitstatus_to_exitcode(status) & 0xFF
 
 
 def _join_client(pid: int) -> bool:
@@ -769,6 +855,10 @@ def _worker(
     home: str | None = None
     try:
         os.setsid()
+        if hello.get("hold"):  # a traced run: wait here until strace has attached
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSTOP)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         for fd in fds:
@@ -910,7 +1000,7 @@ def serve(address: str, spec: Spec) -> None:
                 continue
             selector.unregister(job.conn)
             try:
-                job.conn.sendall(_HELLO.pack(os.waitstatus_to_exitcode(status) & 0xFF))
+                job.conn.sendall(_HELLO.pack(status & 0xFFFFFFFF))  # the raw wait status
             except OSError:
                 pass
             job.conn.close()
@@ -950,6 +1040,8 @@ def _accept(conn: socket.socket, warm: Warm, fingerprint: str, lineage: bool) ->
         _worker(conn, list(fds), hello, peer_pid, warm)
     for fd in fds:
         os.close(fd)
+    if hello.get("hold"):
+        conn.sendall(_HELLO.pack(pid))  # the held worker, for the client's strace
     return _Job(conn, pid)
 
 
@@ -967,10 +1059,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     address = args.client or os.environ.get("KFM_AIRFLOW_WARM_RUNNER")
     if address and not args.cold:
-        code = client(address, spec)
+        trace_with = json.loads(args.trace_with) if args.trace_with else None
+        code = client(address, spec, trace_with)
         if code is not None:
             sys.stdout.flush()
             os._exit(code)
+        if trace_with:  # no warm worker to trace: the cold run, under the same strace
+            os.execv(trace_with[0], [*trace_with, sys.executable, *sys.argv, "--cold"])
     cold_main(spec)
 
 
