@@ -633,8 +633,10 @@ def cold_main(spec: Spec) -> None:
 # with the same signal, as strace does for a command it started. A client that is itself
 # traced (a wrapper in front of it) never uses the server: it runs the cold path.
 
-import socket  # noqa: E402 - the warm runner's imports, stdlib only
+import signal  # noqa: E402 - the warm runner's imports, stdlib only
+import socket  # noqa: E402
 import struct  # noqa: E402
+import subprocess  # noqa: E402
 
 _HELLO = struct.Struct("!I")
 _CLONE_NEWNS = 0x00020000
@@ -776,9 +778,6 @@ def client(address: str, spec: Spec, trace_with: list[str] | None = None) -> int
     try:
         if trace_with:
             (worker,) = _HELLO.unpack(_recv_exact(sock, 4))
-            import signal
-            import subprocess
-
             if not _wait_stopped(worker):
                 sys.stderr.write("dag_runner: the warm worker did not stop to be traced\n")
                 return 70
@@ -799,8 +798,6 @@ def client(address: str, spec: Spec, trace_with: list[str] | None = None) -> int
                 tracer.kill()
     (status,) = _HELLO.unpack(final)
     if os.WIFSIGNALED(status):
-        import signal
-
         sys.stdout.flush()
         sys.stderr.flush()
         with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
@@ -856,8 +853,6 @@ def _worker(
     try:
         os.setsid()
         if hello.get("hold"):  # a traced run: wait here until strace has attached
-            import signal
-
             os.kill(os.getpid(), signal.SIGSTOP)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
@@ -922,7 +917,6 @@ def _reconfigure_airflow() -> None:
 def serve(address: str, spec: Spec) -> None:
     """The warm runner's server: warm up once, then fork a worker per client."""
     import selectors
-    import signal
 
     home = private_home()
     configure_environment(home, spec.dag_file)
