@@ -13,7 +13,6 @@ from kfm_conformance import LEAN_IMPORTS_ENV
 PROBE = """
 import sys
 
-from kfm_conformance import LEAN_IMPORTS_ENV
 import kfm_conformance.cli  # noqa: F401  (imports jsonschema through the capture layer)
 from jsonschema import FormatChecker
 checker = FormatChecker()
