@@ -287,4 +287,7 @@ def test_a_known_bad_dag_is_refused_on_its_guarantee(entry: dict[str, Any], tmp_
     for scenario in refused:
         assert scenario["evidence"]["runs"], "a refusal must carry the runs as evidence"
         assert any(not f["ok"] for f in scenario["findings"])
+    if "check" in entry:
+        broken_checks = {f["check"] for s in refused for f in s["findings"] if not f["ok"]}
+        assert entry["check"] in broken_checks, (entry["check"], sorted(broken_checks))
     assert code == 1
