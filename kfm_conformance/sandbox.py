@@ -388,7 +388,9 @@ class Sandbox:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]
         writable += [p for p in _wrapper_outputs(wrapper) if p not in writable]
-        readable = [self.profile.profile_dir.resolve(), Path(sys.prefix).resolve()]
+        # The run's init is the harness's own file: visible even when the harness lives under
+        # /tmp (a clone there, an editable install), which the run's private /tmp would hide.
+        readable = [RUN_INIT, self.profile.profile_dir.resolve(), Path(sys.prefix).resolve()]
         readable += [Path(a).resolve().parent for a in argv if a.startswith("/")]
         return [
             *isolation.sandbox_argv(

@@ -313,3 +313,31 @@ def test_a_runs_pid_is_its_command_not_bubblewrap(tmp_path: Path):
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_harness_that_lives_under_tmp_still_starts_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's /tmp is private, so a harness cloned (or installed editable) under /tmp would
+    hide its own run init from the run: every run would exit 2 and be blamed on the pipeline.
+    The run init is bound into the sandbox read-only wherever it lives."""
+    from kfm_conformance import sandbox as sandbox_module
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import Sandbox
+
+    # Beside the test's own directory (which holds the profile, and so is readable), not in it.
+    clone = Path(tempfile.mkdtemp(prefix="kfm-harness-clone-", dir="/tmp"))
+    try:
+        harness = clone / "kfm_conformance"
+        harness.mkdir()
+        copied = harness / "run_init.py"
+        shutil.copy(sandbox_module.RUN_INIT, copied)
+        monkeypatch.setattr(sandbox_module, "RUN_INIT", copied)
+        profile = load_profile(fixture_profile(tmp_path, "fixed_temp_name.py"))
+        choice = isolation.choose("namespaces")
+        sandbox = Sandbox(profile, tmp_path / "work", isolation_choice=choice)
+        wrapper = ["/bin/sh", "-c", "exit 0", "kfm-marker"]
+        result = sandbox.run("http://127.0.0.1:9/", wrapper=wrapper)
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+    assert result.exit_code == 0, result.stderr_tail
