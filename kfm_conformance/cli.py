@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kfm_conformance import __version__, channel, guarantees, isolation
+from kfm_conformance import __version__, channel, guarantees, isolation, sandbox
 from kfm_conformance.capture.olmodel import model_provenance
 from kfm_conformance.capture.olschema import cache_provenance
 from kfm_conformance.capture.session import schema_location
@@ -278,7 +278,11 @@ def certify(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     stall = args.stall_timeout or max(1200.0, 10 * profile.timeout_s)
-    with tempfile.TemporaryDirectory(prefix="kfm-results-") as private:
+    with (
+        tempfile.TemporaryDirectory(prefix="kfm-results-") as private,
+        # The runs' private temp directories live here, and go with it whatever happened.
+        tempfile.TemporaryDirectory(prefix="kfm-runs-", ignore_cleanup_errors=True) as run_tmp,
+    ):
         results_dir = Path(private)
         key = channel.new_key()
         outcome = run_suite(
@@ -289,6 +293,7 @@ def certify(args: argparse.Namespace) -> int:
             results_dir,
             key,
             stall_s=stall,
+            env={**os.environ, sandbox.RUN_TMP_ROOT_ENV: run_tmp},
         )
         contents = channel.read_channel(results_dir, key, validate=ScenarioResult.from_json)
     results = contents.results
@@ -378,7 +383,13 @@ class SuiteOutcome:
 
 
 def run_suite(
-    argv: list[str], log_path: Path, results_dir: Path, key: bytes, *, stall_s: float
+    argv: list[str],
+    log_path: Path,
+    results_dir: Path,
+    key: bytes,
+    *,
+    stall_s: float,
+    env: dict[str, str] | None = None,
 ) -> SuiteOutcome:
     """Run the packaged suite in a child process group; hand it the result key over a pipe.
 
@@ -406,6 +417,7 @@ def run_suite(
                 stdin=subprocess.DEVNULL,
                 pass_fds=(key_read,),
                 start_new_session=True,
+                env=env,
             )
             os.close(key_read)
             os.write(key_write, key.hex().encode() + b"\n")

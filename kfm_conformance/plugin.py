@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -157,6 +159,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[PROFILE_KEY] = profile
     config.stash[ISOLATION_KEY] = _isolation_of(config)
+    if not hasattr(config, "workerinput") and not os.environ.get(sandbox_module.RUN_TMP_ROOT_ENV):
+        # A session of its own (not under the CLI, which makes one): the runs' temp
+        # directories live in one place that goes at the session's end; xdist's workers,
+        # started later, inherit it.
+        root = tempfile.mkdtemp(prefix="kfm-runs-")
+        os.environ[sandbox_module.RUN_TMP_ROOT_ENV] = root
+        config.stash[RUN_TMP_ROOT_KEY] = Path(root)
     # The warm Airflow runner parses the DAG outside any sandbox: only for unisolated runs.
     airflow_runner.WARM_ALLOWED = not config.stash[ISOLATION_KEY].isolated
     config.stash[RESULT_KEY_KEY] = _result_key_of(config)
@@ -172,7 +181,15 @@ def pytest_configure(config: pytest.Config) -> None:
     _collect_packaged_suite(config)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(RUN_TMP_ROOT_KEY, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(sandbox_module.RUN_TMP_ROOT_ENV, None)
+
+
 PROFILE_KEY = pytest.StashKey[Profile]()
+RUN_TMP_ROOT_KEY = pytest.StashKey[Path]()
 SEED_KEY = pytest.StashKey[int]()
 ISOLATION_KEY = pytest.StashKey[IsolationChoice]()
 RESULT_KEY_KEY = pytest.StashKey[bytes]()

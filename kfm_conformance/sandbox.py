@@ -56,6 +56,18 @@ WATCHDOG_GRACE_S = 15.0
 #: Paths no run may see, even read-only (the harness's results); set by the plugin.
 HIDDEN_PATHS: list[Path] = []
 
+#: The environment variable naming the directory where runs get their private temp
+#: directories. The CLI makes one for each certification and removes it at the end whatever
+#: happened (a SIGTERM, a worker killed mid-run), so that no run's temp directory outlives
+#: the certification; without it they are made in the system's temp directory, and each is
+#: removed when its run ends.
+RUN_TMP_ROOT_ENV = "KFM_RUN_TMP_ROOT"
+
+
+def _private_tmp_root() -> str | None:
+    root = os.environ.get(RUN_TMP_ROOT_ENV)
+    return root if root and os.path.isdir(root) else None
+
 
 @dataclass(frozen=True)
 class FileState:
@@ -271,12 +283,14 @@ class RunningPipeline:
         try:
             self.process.wait(timeout=self.timeout_s + WATCHDOG_GRACE_S)
         except subprocess.TimeoutExpired:  # the init itself was stopped or killed
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._kill_group()
             self.process.wait()
             watchdog = True
+        except BaseException:  # the harness is stopping (SIGINT): the run goes first
+            self._kill_group()
+            self._report.close()
+            self._cleanup()
+            raise
         else:
             watchdog = False
         ended = time.monotonic()
@@ -326,6 +340,12 @@ class RunningPipeline:
             if isinstance(parsed, dict):
                 return parsed
         return {}
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._private_tmp, ignore_errors=True)
@@ -415,32 +435,39 @@ class Sandbox:
             number = self._started
         label = label or f"run {number}"
         bound = timeout_s or self.profile.timeout_s
-        private_tmp = Path(tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-"))
-        (private_tmp / "home").mkdir()
-        inside_tmp = "/tmp" if self.isolation.mode is Isolation.NAMESPACES else str(private_tmp)
         env = self.environment(src, extra_env)
-        env["HOME"] = f"{inside_tmp}/home"
-        env["TMPDIR"] = inside_tmp
+        private_tmp = Path(
+            tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-", dir=_private_tmp_root())
+        )
         report_read, report_write = os.pipe()
-        command = self._command(argv, wrapper, private_tmp, report_write, bound)
-        token = self.listener.run_started(self, label) if self.listener else None
-        before = snapshot(self.workdir)
-        started = time.monotonic()
         try:
-            process = subprocess.Popen(
-                command,
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(report_write,),
-                start_new_session=True,
-            )
-        except OSError as exc:
+            (private_tmp / "home").mkdir()
+            inside_tmp = "/tmp" if self.isolation.mode is Isolation.NAMESPACES else str(private_tmp)
+            env["HOME"] = f"{inside_tmp}/home"
+            env["TMPDIR"] = inside_tmp
+            command = self._command(argv, wrapper, private_tmp, report_write, bound)
+            token = self.listener.run_started(self, label) if self.listener else None
+            before = snapshot(self.workdir)
+            started = time.monotonic()
+            try:
+                process = subprocess.Popen(
+                    command,
+                    cwd=self.workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(report_write,),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise HarnessError(f"cannot start the run's sandbox: {exc}") from None
+        except BaseException:
+            # Nothing was started (a service that cannot be reached, a wrapper that cannot be
+            # built): the run's temp directory goes with it.
             os.close(report_read)
             shutil.rmtree(private_tmp, ignore_errors=True)
-            raise HarnessError(f"cannot start the run's sandbox: {exc}") from None
+            raise
         finally:
             os.close(report_write)
         return RunningPipeline(

@@ -198,6 +198,8 @@ def test_sigterm_stops_certify_and_keeps_the_results_so_far(tmp_path: Path) -> N
     marker = uuid.uuid4().hex
     profile = fixture_profile(tmp_path, "kfm_fixture.py", env={"KFM_MARKER": marker})
     report_dir = tmp_path / "report"
+    system_tmp = tmp_path / "system-tmp"  # the CLI's and its runs' temp directories go here
+    system_tmp.mkdir()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -217,6 +219,7 @@ def test_sigterm_stops_certify_and_keeps_the_results_so_far(tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(system_tmp)},
     )
     assert process.stderr is not None
     deadline = time.monotonic() + 600
@@ -233,6 +236,36 @@ def test_sigterm_stops_certify_and_keeps_the_results_so_far(tmp_path: Path) -> N
     assert report["interrupted"] == "SIGTERM"
     assert report["verdict"] == "not-certified"
     assert any(s["verdict"] == "pass" for g in report["guarantees"] for s in g["scenarios"])
+    # The runs stopped mid-way leave no temp directory behind (they used to: one per run);
+    # only pytest's own base directory, with the scenarios' working directories, remains.
+    assert sorted(p.name for p in system_tmp.iterdir() if p.name.startswith("kfm-")) == []
+
+
+def test_a_run_that_cannot_start_leaves_no_temp_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose start fails before its process exists (a capture service that cannot be
+    reached, say) keeps no private temp directory: they used to pile up in /tmp."""
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import RUN_TMP_ROOT_ENV, Sandbox
+    from kfm_conformance.verdict import HarnessError
+
+    runs_tmp = tmp_path / "runs-tmp"
+    runs_tmp.mkdir()
+    monkeypatch.setenv(RUN_TMP_ROOT_ENV, str(runs_tmp))
+
+    class Unreachable:
+        def run_started(self, sandbox: Any, label: str) -> object:
+            raise HarnessError("Marquez unavailable: not built")
+
+        def run_finished(self, sandbox: Any, result: Any, token: object) -> None:
+            raise AssertionError("no run was started")
+
+    box = Sandbox(load_profile(REFERENCE_PROFILE), tmp_path / "work", listener=Unreachable())
+    with pytest.raises(HarnessError, match="Marquez unavailable"):
+        box.start("http://127.0.0.1:9/")
+    assert list(runs_tmp.iterdir()) == []
+    assert box.runs == []
 
 
 def test_results_channel_refuses_forged_symlinked_and_missing_records(tmp_path: Path) -> None:
