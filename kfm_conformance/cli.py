@@ -74,7 +74,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2."""
 
     def error(self, message: str) -> Any:
-        raise ConfigurationError(f"{self.prog}: {message}")
+        # The line is printed after "kfm-conformance: "; name the subcommand only.
+        command = self.prog.removeprefix("kfm-conformance").strip()
+        raise ConfigurationError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:

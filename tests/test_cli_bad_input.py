@@ -76,7 +76,12 @@ def test_unknown_guarantee(tmp_path: Path) -> None:
 def test_usage_error_is_one_line(tmp_path: Path) -> None:
     code, _, err = certify("certify")
     assert code == 2
-    assert "--profile" in _one_line(err)
+    assert _one_line(err) == (
+        "kfm-conformance: certify: the following arguments are required: --profile"
+    )
+    code, _, err = certify("certify", "--profile", "p.toml", "-o", "out")
+    assert code == 2
+    assert _one_line(err) == "kfm-conformance: unrecognized arguments: -o out"
 
 
 def test_hanging_pipeline_fails_at_its_timeout_with_evidence(tmp_path: Path) -> None:
