@@ -35,7 +35,7 @@ from kfm_conformance import __version__, channel, guarantees, isolation, sandbox
 from kfm_conformance.capture.olmodel import model_provenance
 from kfm_conformance.capture.olschema import cache_provenance
 from kfm_conformance.capture.session import schema_location
-from kfm_conformance.features import inventory_digest
+from kfm_conformance.features import inventory_digest, select
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.report import baseline as baselines
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         metavar="ID",
-        help="check only these guarantees: " + ", ".join(guarantees.IDS),
+        help="check only these guarantees ("
+        + ", ".join(guarantees.IDS)
+        + ") or scenarios, by check ID (GUARANTEE/SLUG, the @id: tag of features/)",
     )
     certify.add_argument("-j", "--jobs", type=int, default=1, help="scenarios run in parallel")
     certify.add_argument(
@@ -208,7 +210,10 @@ def pytest_argv(
         "--assert=plain",
     ]
     if args.only:
-        argv += ["-m", " or ".join(args.only)]
+        selection = select(args.only)
+        argv += ["-m", " or ".join(selection.guarantees)]
+        for check_id in selection.check_ids:
+            argv += ["--kfm-check", check_id]
     if key_fd is not None:
         argv += ["--kfm-key-fd", str(key_fd)]
     if args.jobs > 1:
@@ -242,12 +247,11 @@ def certify(args: argparse.Namespace) -> int:
     profile.check_command()
     service_selection = parse_services(args.services, profile.services.get("provider"))
     ExternalSettings.from_sources(profile.services)  # registers external credentials as secrets
-    selected = list(args.only or guarantees.IDS)
-    for guarantee_id in selected:
-        if guarantee_id not in guarantees.BY_ID:
-            raise ConfigurationError(
-                f"--only: unknown guarantee {guarantee_id!r}; known: {', '.join(guarantees.IDS)}"
-            )
+    try:
+        selection = select(args.only)
+    except ValueError as exc:
+        raise ConfigurationError(f"--only: {exc}") from None
+    selected = selection.guarantees
     if args.jobs < 1:
         raise ConfigurationError("--jobs: must be at least 1")
     schema_cache = schema_cache_provenance(args.openlineage_schemas)
@@ -334,6 +338,7 @@ def certify(args: argparse.Namespace) -> int:
         provenance=provenance,
         strict=args.strict,
         selected=selected,
+        selected_checks=selection.check_ids,
         problems=problems,
     )
     redactor = Redactor.for_profile(profile)
@@ -539,6 +544,15 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 def summary_line(data: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in data["counts"].items() if n)
+    # A certificate for part of the guarantees says which part.
+    chosen = data.get("selected_checks") or []
+    whole = [
+        g
+        for g in data.get("selected_guarantees", [])
+        if not any(c.split("/", 1)[0] == g for c in chosen)
+    ]
+    if chosen or set(whole) != set(guarantees.IDS):
+        counts += "; checked only: " + ", ".join([*whole, *chosen])
     if data.get("interrupted"):
         return f"NOT CERTIFIED (interrupted): {data['pipeline']['name']} — {counts}"
     if data["verdict"] == "certified":

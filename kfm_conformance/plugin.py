@@ -100,6 +100,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--kfm-work-dir", help="where scenario working directories are created")
     group.addoption(
+        "--kfm-check",
+        action="append",
+        default=[],
+        metavar="CHECK_ID",
+        help="run only this scenario of its guarantee (GUARANTEE/SLUG, its @id: tag); "
+        "repeat for more; other guarantees are left to -m",
+    )
+    group.addoption(
         "--kfm-suite",
         action="store_true",
         default=False,
@@ -236,6 +244,28 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput["kfm_isolation"] = json.dumps(config.stash[ISOLATION_KEY].to_json())
     if RESULT_KEY_KEY in config.stash:
         node.workerinput["kfm_result_key"] = config.stash[RESULT_KEY_KEY].hex()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--kfm-check``: of a guarantee chosen through some of its scenarios, keep only them."""
+    chosen: list[str] = config.getoption("--kfm-check", default=[]) or []
+    if not chosen or not _active(config):
+        return
+    narrowed = {c.split("/", 1)[0] for c in chosen}
+    kept, dropped = [], []
+    for item in items:
+        guarantee = _guarantee_of(item)
+        entry = _collected_entry(item) if guarantee in narrowed else {}
+        check_id = str(entry.get("check_id", ""))
+        if guarantee not in narrowed or any(
+            check_id == c or check_id.startswith(c + "[") for c in chosen
+        ):
+            kept.append(item)
+        else:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -124,3 +124,27 @@ def test_the_blueprints_own_seed_is_refused(tmp_path: Path) -> None:
     )
     assert deleted_output in failed
     assert any(c.startswith("exit-codes/each-upstream-answer-maps") for c in failed)
+
+
+def test_only_a_check_id_runs_that_scenario_alone(tmp_path: Path) -> None:
+    """``--only GUARANTEE/SLUG`` runs one scenario of that guarantee (beside whole guarantees
+    named with it); the report and the summary line say what was checked."""
+    one = "atomic-publication/nothing-temporary-is-left-beside-the-output-after-a-publication"
+    report_dir = tmp_path / "report"
+    code, out, err = certify(
+        "certify",
+        "--profile",
+        str(REFERENCE_PROFILE),
+        "--report-dir",
+        str(report_dir),
+        "--only",
+        one,
+        "empty-rejection",
+    )
+    report = _assert_certified(report_dir, code, out, err)
+    rows = {g["id"]: [s["check_id"] for s in g["scenarios"]] for g in report["guarantees"]}
+    assert rows["atomic-publication"] == [one]
+    assert len(rows["empty-rejection"]) > 1
+    assert set(rows) == {"atomic-publication", "empty-rejection"}
+    assert report["selected_checks"] == [one]
+    assert f"checked only: empty-rejection, {one}" in out

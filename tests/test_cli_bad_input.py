@@ -73,6 +73,14 @@ def test_unknown_guarantee(tmp_path: Path) -> None:
     assert "unknown guarantee 'no-such-guarantee'" in _one_line(err)
 
 
+def test_unknown_check_id(tmp_path: Path) -> None:
+    code, _, err = certify(
+        "certify", "--profile", str(_profile(tmp_path, GOOD)), "--only", "lineage/no-such-check"
+    )
+    assert code == 2
+    assert "--only: unknown check ID 'lineage/no-such-check'" in _one_line(err)
+
+
 def test_usage_error_is_one_line(tmp_path: Path) -> None:
     code, _, err = certify("certify")
     assert code == 2

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kfm_conformance.features import declared_scenarios, feature_files, inventory_problems
+import pytest
+
+from kfm_conformance import guarantees
+from kfm_conformance.features import (
+    declared_check_ids,
+    declared_scenarios,
+    feature_files,
+    inventory_problems,
+    select,
+)
 
 
 def test_every_packaged_scenario_declares_a_unique_id() -> None:
@@ -51,3 +60,26 @@ def test_rewording_a_title_keeps_its_id(tmp_path: Path) -> None:
     (new,) = declared_scenarios([after])
     assert old.name != new.name
     assert old.check_slug == new.check_slug == "stable-check"
+
+
+def test_only_selects_guarantees_and_single_scenarios_by_check_id() -> None:
+    ids = declared_check_ids()
+    assert len(ids) == len(declared_scenarios())
+    assert {i.split("/", 1)[0] for i in ids} == set(guarantees.IDS)
+    assert select(None).guarantees == list(guarantees.IDS) and select([]).checks == {}
+    one = "atomic-publication/nothing-temporary-is-left-beside-the-output-after-a-publication"
+    assert one in ids
+    chosen = select(["lineage", one])
+    assert chosen.guarantees == ["atomic-publication", "lineage"]  # catalogue order
+    assert chosen.check_ids == [one]
+    assert chosen.keeps("atomic-publication", one)
+    assert not chosen.keeps("atomic-publication", "atomic-publication/other")
+    assert chosen.keeps("lineage", "lineage/anything[example]")
+    assert not chosen.keeps("exit-codes", "exit-codes/anything")
+    # An outline's examples come with its ID; a whole guarantee wins over one of its checks.
+    assert select([one]).keeps("atomic-publication", one + "[a-b]")
+    assert select([one, "atomic-publication"]).checks == {}
+    with pytest.raises(ValueError, match="unknown check ID 'lineage/no-such-scenario'"):
+        select(["lineage/no-such-scenario"])
+    with pytest.raises(ValueError, match="unknown guarantee 'lineages'"):
+        select(["lineages"])

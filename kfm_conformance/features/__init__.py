@@ -85,3 +85,67 @@ def inventory_problems(paths: list[Path] | None = None) -> list[str]:
             problems.append(f"{where}: @id:{slug} is declared already at line {first.line}")
         seen[key] = scenario
     return problems
+
+
+def declared_check_ids() -> dict[str, str]:
+    """Every declared scenario check ID (``<guarantee>/<slug>``, examples aside), mapped to
+    the scenario's title."""
+    from kfm_conformance import guarantees
+
+    by_file = {g.feature: g.id for g in guarantees.CATALOGUE}
+    return {
+        f"{by_file[s.feature_file]}/{s.check_slug}": s.name
+        for s in declared_scenarios()
+        if s.check_slug and s.feature_file in by_file
+    }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``--only`` chose: whole guarantees, and single scenarios by check ID.
+
+    ``guarantees`` lists every guarantee with at least one selected scenario, in catalogue
+    order (the report's rows); ``checks`` maps a guarantee chosen only through some of its
+    scenarios to their check IDs (an outline's examples all come with its ID)."""
+
+    guarantees: list[str]
+    checks: dict[str, list[str]]
+
+    @property
+    def check_ids(self) -> list[str]:
+        return [c for ids in self.checks.values() for c in ids]
+
+    def keeps(self, guarantee: str, check_id: str) -> bool:
+        """Whether a scenario of ``guarantee`` with this check ID is selected."""
+        if guarantee not in self.guarantees:
+            return False
+        chosen = self.checks.get(guarantee)
+        return chosen is None or any(check_id == c or check_id.startswith(c + "[") for c in chosen)
+
+
+def select(values: list[str] | None) -> Selection:
+    """Resolve ``--only`` values: guarantee IDs or declared check IDs; nothing means all.
+
+    Raises :class:`ValueError`, naming the value, for an unknown guarantee or check ID."""
+    from kfm_conformance import guarantees
+
+    if not values:
+        return Selection(list(guarantees.IDS), {})
+    declared = declared_check_ids()
+    whole: set[str] = set()
+    checks: dict[str, list[str]] = {}
+    for value in values:
+        if "/" in value:
+            if value not in declared:
+                raise ValueError(f"unknown check ID {value!r} (see the @id: tags in features/)")
+            guarantee = value.split("/", 1)[0]
+            if value not in checks.setdefault(guarantee, []):
+                checks[guarantee].append(value)
+        elif value in guarantees.BY_ID:
+            whole.add(value)
+        else:
+            raise ValueError(f"unknown guarantee {value!r}; known: {', '.join(guarantees.IDS)}")
+    for guarantee in whole:
+        checks.pop(guarantee, None)
+    chosen = whole | set(checks)
+    return Selection([g for g in guarantees.IDS if g in chosen], checks)

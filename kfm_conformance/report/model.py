@@ -157,6 +157,9 @@ class Report:
     strict: bool
     selected: list[str]
     problems: list[str] = field(default_factory=list)
+    #: Scenarios chosen by check ID (``--only GUARANTEE/SLUG``); their guarantees' rows hold
+    #: only them.
+    selected_checks: list[str] = field(default_factory=list)
 
     @property
     def scenarios(self) -> list[dict[str, Any]]:
@@ -203,6 +206,7 @@ class Report:
             "provenance": self.provenance,
             "strict": self.strict,
             "selected_guarantees": self.selected,
+            "selected_checks": self.selected_checks,
             "counts": self.counts,
             "blocking": [s["check_id"] for s in self.blocking],
             "problems": self.problems,
@@ -217,6 +221,7 @@ def fold(
     provenance: dict[str, Any],
     strict: bool,
     selected: list[str],
+    selected_checks: list[str] | None = None,
     problems: list[str] | None = None,
 ) -> Report:
     """Group scenario results by guarantee, in catalogue order."""
@@ -245,6 +250,7 @@ def fold(
         strict=strict,
         selected=selected,
         problems=list(problems or []),
+        selected_checks=list(selected_checks or []),
     )
 
 

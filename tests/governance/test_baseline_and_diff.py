@@ -116,6 +116,12 @@ def test_gate_fails_only_on_unexpected_results() -> None:
     stale["checks"]["lineage/not-selected"] = {"expected": "fail", "reason": "x"}
     result = gate(BASE, stale, "b")
     assert result["ok"] and [r["check_id"] for r in result["stale"]] == ["idempotency/gone"]
+    # A guarantee chosen through one of its scenarios (--only GUARANTEE/SLUG): its other
+    # checks were not run, so they are not stale; the chosen one is.
+    narrowed = {**BASE, "selected_checks": ["idempotency/kept"]}
+    stale["checks"]["idempotency/kept"] = {"expected": "fail", "reason": "x"}
+    result = gate(narrowed, stale, "b")
+    assert [r["check_id"] for r in result["stale"]] == ["idempotency/kept"]
 
 
 def test_baseline_schema_requires_a_reason(tmp_path: Path) -> None:
