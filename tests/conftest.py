@@ -60,8 +60,14 @@ def _toml(data: dict[str, Any]) -> str:
     return tomli_w.dumps(data)
 
 
-def certify(*args: str, cwd: Path | None = None, timeout: float = 900) -> tuple[int, str, str]:
-    """Run the real CLI in a child process; return (exit code, stdout, stderr)."""
+def certify(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Run the real CLI in a child process (``env`` added to this one's environment);
+    return (exit code, stdout, stderr)."""
     done = subprocess.run(
         [sys.executable, "-m", "kfm_conformance.cli", *args],
         capture_output=True,
@@ -69,6 +75,7 @@ def certify(*args: str, cwd: Path | None = None, timeout: float = 900) -> tuple[
         cwd=cwd,
         timeout=timeout,
         check=False,
+        env={**os.environ, **env} if env else None,
     )
     return done.returncode, done.stdout, done.stderr
 

@@ -1,7 +1,8 @@
 """Every check can fail: each known-bad pipeline in fixtures/ is refused on its guarantee.
 
 The catalogue (fixtures/catalogue.toml) is data; this test runs the real CLI against each
-fixture, restricted to the guarantee it breaks, and checks the verdict, the failing check (and,
+fixture, restricted to the guarantee it breaks (or to the scenarios of it that the catalogue
+names), and checks the verdict, the failing check (and,
 where the catalogue names one, its check ID) and its evidence.
 """
 
@@ -41,12 +42,15 @@ def test_known_bad_pipeline_is_refused_on_its_guarantee(entry: dict[str, Any], t
         "--report-dir",
         str(report_dir),
         "--only",
-        entry["guarantee"],
+        *entry.get("scenarios", [entry["guarantee"]]),
         *extra,
     )
     report = load_report(report_dir)
     row = guarantee_row(report, entry["guarantee"])
     verdicts = [s["verdict"] for s in row["scenarios"]]
+    if "scenarios" in entry:  # exactly the scenarios named, every one of them run
+        ran = sorted({s["check_id"].split("[", 1)[0] for s in row["scenarios"]})
+        assert ran == sorted(entry["scenarios"]), ran
     assert row["verdict"] == entry["verdict"], (row["verdict"], out, err[-2000:])
     errors = [s["message"] for s in row["scenarios"] if s["verdict"] == "error"]
     assert "error" not in verdicts, errors
