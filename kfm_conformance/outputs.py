@@ -8,7 +8,11 @@ where the first difference is when they are not.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,3 +88,33 @@ def compare_rows(payload: bytes, path: Path) -> RowComparison:
             return RowComparison(False, len(expected), len(observed), index, want, got)
     same = len(expected) == len(observed)
     return RowComparison(same, len(expected), len(observed), None)
+
+
+def poll_during(
+    path: Path, action: Callable[[], object], interval_s: float = 0.0005
+) -> list[str | None]:
+    """Read ``path`` again and again while ``action()`` runs (a reader beside a publication);
+    return the digest of each read that differs from the one before (None: no file)."""
+    seen: list[str | None] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                digest = None
+            else:
+                digest = hashlib.sha256(data).hexdigest()
+            if not seen or seen[-1] != digest:
+                seen.append(digest)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        action()
+    finally:
+        stop.set()
+        thread.join()
+    return seen

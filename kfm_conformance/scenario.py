@@ -1,10 +1,11 @@
 """One scenario's world: the profile, the origin, the sandbox, the evidence and the judge.
 
-Step definitions are thin: each one calls a method here. Every method that observes the
-pipeline records what it saw as evidence and hands its finding to the :class:`Judge`, which
-raises :class:`~kfm_conformance.verdict.GuaranteeViolation` on a broken requirement. Nothing in
-here trusts what the pipeline says about itself: only exit codes, files, and the requests the
-origin received.
+A holder: what a scenario has scripted (:class:`~kfm_conformance.upstream.UpstreamScript`),
+the runs it made (every sandbox of the scenario reports each run here, and the run observers
+are told), the marks and notes it keeps, and its evidence. Judging is elsewhere: the steps
+call :mod:`kfm_conformance.expectations`, which hands the observations to the pure checks of
+:mod:`kfm_conformance.checks`. Nothing here trusts what the pipeline says about itself: only
+exit codes, files, and the requests the origin received.
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ from __future__ import annotations
 import random
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kfm_conformance import checks, outputs
+from kfm_conformance import expectations, outputs
 from kfm_conformance.profile import Profile
-from kfm_conformance.sandbox import FileState, RunResult, Sandbox, Snapshot
+from kfm_conformance.sandbox import RunResult, Sandbox, Snapshot
 from kfm_conformance.upstream import (
-    Exchange,
     Origin,
     Reply,
     UpstreamScript,
     Version,
     closed_port_url,
 )
-from kfm_conformance.verdict import Finding, Judge, NotApplicable, SkipKind
+from kfm_conformance.verdict import Judge, NotApplicable, SkipKind
 
 
 class RunObserver(Protocol):
@@ -125,7 +124,7 @@ class ScenarioContext:
             label=label,
             extra_env=self.extra_env,
         )
-        self.expect_finished(result)
+        expectations.finished(self, result)
         return result
 
     # -- the single run log: every sandbox of the scenario reports here -------------------------
@@ -159,8 +158,8 @@ class ScenarioContext:
     def publish_once(self) -> RunResult:
         """Run and require a successful publication (the precondition of many scenarios)."""
         result = self.run("setup: first publication")
-        self.expect_exit("published")
-        self.expect_output_rows()
+        expectations.exit_code(self, "published")
+        expectations.output_rows(self)
         return result
 
     def run_repeatedly_in_fresh_dirs(self, times: int, answer: str) -> None:
@@ -177,17 +176,17 @@ class ScenarioContext:
         """Publish the current version in two fresh working directories."""
         first = self.fresh_sandbox()
         self.run("publication in working directory A", sandbox=first)
-        self.expect_exit("published")
+        expectations.exit_code(self, "published")
         if gzip_second:
             self.upstream.serve_gzip_encoded()
         second = self.fresh_sandbox()
         label = "publication in working directory B" + (" (gzip-encoded)" if gzip_second else "")
         self.run(label, sandbox=second)
-        self.expect_exit("published")
+        expectations.exit_code(self, "published")
 
     def run_with_reader(self) -> None:
         """Run the pipeline while a reader polls the output; keep what the reader saw."""
-        seen = self.poll_output_during(lambda: self.run())
+        seen = outputs.poll_during(self.sandbox.output_path, lambda: self.run())
         self.reader_observations.append(seen)
 
     def mark(self, name: str) -> None:
@@ -198,163 +197,6 @@ class ScenarioContext:
         self.sandbox.output_path.unlink()
         self.notes.append(f"deleted {self.profile.output}; the run-state was left in place")
 
-    # -- judging: observations gathered here, judged by the pure checks in checks.py -----------
-    def _check(self, findings: Finding | list[Finding]) -> None:
-        self.judge.apply(findings, independent=True)
-
-    def expect_finished(self, result: RunResult) -> None:
-        """The run ended by itself within the profile's time bound."""
-        self._check(checks.run_finished(result, self.profile.timeout_s))
-
-    def expect_exit(self, *outcomes: str) -> None:
-        codes = {o: self.profile.exit_codes.of(o) for o in outcomes}
-        self._check(checks.exit_code(self.last_run, codes))
-
-    def expect_every_run_succeeded(self) -> None:
-        success = self.profile.exit_codes.success_codes()
-        self._check(checks.every_run_succeeded(self.all_runs, success))
-
-    def expect_same_code_every_time(self) -> None:
-        self._check(checks.same_code_every_time(self.repeated_exit_codes))
-
-    def expect_success_code(self) -> None:
-        self.expect_exit("published", "not_modified")
-
-    def expect_failure_code(self) -> None:
-        success = self.profile.exit_codes.success_codes()
-        self._check(checks.failure_not_success(self.last_run, success))
-
-    def expect_no_stragglers(self) -> None:
-        """No run that ended by itself left a process of its own running (the harness killed
-        each one it found; the command lines are the evidence)."""
-        self._check(checks.no_stragglers(self.all_runs))
-
-    def expect_output_rows(self, version: Version | None = None) -> None:
-        version = version or self.current
-        path = self.sandbox.output_path
-        exists = path.exists()
-        self._check(checks.output_exists(exists, self.profile.output, self.sandbox.files()))
-        if not exists:
-            return
-        try:
-            comparison = outputs.compare_rows(version.resource.body, path)
-        except outputs.UnreadableOutput as exc:
-            self._check(checks.output_readable(str(exc)))
-            return
-        self._check(
-            checks.output_rows(
-                comparison.same, comparison.describe(), comparison.expected_rows, version.number
-            )
-        )
-        if version.output is None:
-            version.output = self.sandbox.output_state()
-
-    def expect_output_untouched(self, *, inode: bool = True) -> None:
-        """The output's bytes (and inode) are those of the last publication."""
-        before = self.current_published_state()
-        self._check(checks.output_untouched(before, self.sandbox.output_state(), inode=inode))
-
-    def expect_files_unchanged_by_last_run(self) -> None:
-        self.marks["before the last run"] = self.last_run.files_before
-        self.expect_files_unchanged_since("before the last run")
-
-    def expect_outputs_identical_across_dirs(self) -> None:
-        states = {box.workdir.name: box.output_state() for box in self.other_sandboxes}
-        digests = {name: state.sha256 if state else None for name, state in states.items()}
-        self._check(checks.outputs_identical(digests))
-
-    def expect_reader_saw_whole_versions(self) -> None:
-        # Only versions whose published rows were checked against the upstream count as
-        # complete: a run's own before/after snapshot could itself be torn.
-        complete: set[str | None] = {None}
-        complete |= {v.output.sha256 for v in self.versions if v.output is not None}
-        seen = [d for batch in self.reader_observations for d in batch]
-        self.evidence["reader_summary"] = {
-            "reads_with_a_new_state": len(seen),
-            "complete_versions": sorted(d for d in complete if d),
-        }
-        self._check(checks.reader_saw_whole_versions(seen, complete))
-
-    def expect_ims_verbatim_if_sent(self) -> None:
-        sent = self.request_of_last_run().header("if-modified-since")
-        self._check(checks.ims_verbatim_if_sent(sent, self.served_versions()))
-
-    def current_published_state(self) -> FileState | None:
-        return self.upstream.published()
-
-    def expect_files_unchanged_since(self, mark: str) -> None:
-        """Output and run-state are byte-identical to the marked moment."""
-        self._check(
-            checks.files_unchanged(
-                self.marks[mark], self.sandbox.files(), self.profile.output, self.profile.state
-            )
-        )
-
-    def expect_no_temporaries(self, since_last_run: bool = False) -> None:
-        """Nothing temporary beside the output: no temp-named file, nor, after a run that did
-        not publish, any file that run added."""
-        files = self.sandbox.files()
-        last = self.last_run if self.all_runs else None
-        failed = last is not None and last.exit_code not in self.profile.exit_codes.success_codes()
-        added = (
-            [p for p in files if p not in last.files_before]
-            if since_last_run and last is not None and failed
-            else []
-        )
-        self._check(
-            checks.no_temporaries(
-                files,
-                self.profile.output,
-                added_by_failed_run=added,
-                declared_state=self.profile.state or (),
-            )
-        )
-
-    def expect_nothing_published(self) -> None:
-        exists = self.sandbox.output_path.exists()
-        self._check(checks.nothing_published(exists, self.profile.output))
-        self.expect_no_temporaries()
-
-    # -- judging the requests -------------------------------------------------------------------
-    def served_versions(self) -> list[checks.ServedVersion]:
-        return [
-            checks.ServedVersion(
-                v.number,
-                v.resource.last_modified,
-                v.resource.etag,
-                v.output.sha256 if v.output else None,
-            )
-            for v in self.versions
-        ]
-
-    def request_of_last_run(self) -> Exchange:
-        """The first request of the last run; a run that sent none ends the step."""
-        run = self.last_run
-        seen = checks.requests_of_run(self.upstream.data_requests(), run)
-        self.judge.apply(checks.request_sent(run, seen))
-        return seen[0]
-
-    def expect_request_header(self, name: str, value: str | None) -> None:
-        """The last run's first request carried ``name`` with exactly ``value`` (or none)."""
-        sent = self.request_of_last_run().header(name)
-        self._check(checks.request_header(name, sent, value))
-
-    def expect_validators_of_published_version(self) -> None:
-        """Whatever validators the last run sent belong to the version that is published."""
-        exchange = self.request_of_last_run()
-        published = self.current_published_state()
-        holder = checks.published_version(
-            self.served_versions(), published.sha256 if published else None
-        )
-        self._check(
-            checks.validators_of_published_version(
-                exchange.header("if-modified-since"), exchange.header("if-none-match"), holder
-            )
-        )
-
-    def expect_status_answered(self, status: int) -> None:
-        self._check(checks.status_answered(self.request_of_last_run(), status))
-
     # -- declared limits ------------------------------------------------------------------------
     def require_declared(self, limit: str) -> Any:
         value = getattr(self.profile.limits, limit)
@@ -363,36 +205,6 @@ class ScenarioContext:
                 f"not declared: the profile declares no limits.{limit}", SkipKind.NOT_DECLARED
             )
         return value
-
-    # -- concurrency helpers -------------------------------------------------------------------
-    def poll_output_during(self, action: Any, interval_s: float = 0.0005) -> list[str | None]:
-        """Read the output again and again while ``action()`` runs; return each read's digest."""
-        import hashlib
-
-        seen: list[str | None] = []
-        stop = threading.Event()
-
-        def reader() -> None:
-            path = self.sandbox.output_path
-            while not stop.is_set():
-                try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
-                    digest = None
-                else:
-                    digest = hashlib.sha256(data).hexdigest()
-                if not seen or seen[-1] != digest:
-                    seen.append(digest)
-                time.sleep(interval_s)
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        try:
-            action()
-        finally:
-            stop.set()
-            thread.join()
-        return seen
 
     def to_evidence(self) -> dict[str, Any]:
         data = dict(self.evidence)

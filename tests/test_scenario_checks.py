@@ -3,6 +3,8 @@ each holds on what a correct pipeline leaves and breaks on what its defect leave
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kfm_conformance import checks
 from kfm_conformance.sandbox import FileState, RunResult
 from kfm_conformance.upstream import Exchange
@@ -135,3 +137,25 @@ def test_validators() -> None:
     assert checks.validators_of_published_version(None, '"e1"', published).ok
     assert not checks.validators_of_published_version(None, '"e2"', published).ok
     assert checks.published_version(served, None) is None
+
+
+def test_a_reader_beside_an_action_sees_each_state_of_the_file_once(tmp_path: Path) -> None:
+    """outputs.poll_during: absent, then each version's digest, in order, without repeats."""
+    import hashlib
+    import time
+
+    from kfm_conformance.outputs import poll_during
+
+    target = tmp_path / "out" / "data.bin"
+
+    def publish() -> None:
+        time.sleep(0.02)
+        target.parent.mkdir()
+        for body in (b"one", b"two"):
+            staged = target.with_suffix(".tmp")
+            staged.write_bytes(body)
+            staged.replace(target)
+            time.sleep(0.02)
+
+    seen = poll_during(target, publish)
+    assert seen == [None, *(hashlib.sha256(b).hexdigest() for b in (b"one", b"two"))]

@@ -10,6 +10,7 @@ import re
 
 from pytest_bdd import given, parsers, then, when
 
+from kfm_conformance import expectations
 from kfm_conformance.scenario import ScenarioContext
 from kfm_conformance.upstream import NAMED_BODIES
 
@@ -164,106 +165,106 @@ def slow_answer(kfm: ScenarioContext, slowness: str) -> None:
 # -- Then: exit codes ---------------------------------------------------------------------------
 @then(parsers.re(r"it exits with the code declared for (?P<outcomes>.+)$"))
 def exits_with_declared(kfm: ScenarioContext, outcomes: str) -> None:
-    kfm.expect_exit(*_outcomes(outcomes))
+    expectations.exit_code(kfm, *_outcomes(outcomes))
 
 
 @then("it exits with a success code")
 def exits_success(kfm: ScenarioContext) -> None:
-    kfm.expect_success_code()
+    expectations.success_code(kfm)
 
 
 @then("it exits with a failure code")
 def exits_failure(kfm: ScenarioContext) -> None:
-    kfm.expect_failure_code()
+    expectations.failure_code(kfm)
 
 
 @then("every run exits with a success code")
 def every_run_success(kfm: ScenarioContext) -> None:
-    kfm.expect_every_run_succeeded()
+    expectations.every_run_succeeded(kfm)
 
 
 @then("every run exits with the same code")
 def every_run_same_code(kfm: ScenarioContext) -> None:
-    kfm.expect_same_code_every_time()
+    expectations.same_code_every_time(kfm)
 
 
 @then(parsers.re(r"that code is the one declared for (?P<outcomes>.+)$"))
 def that_code_is_declared(kfm: ScenarioContext, outcomes: str) -> None:
-    kfm.expect_exit(*_outcomes(outcomes))
+    expectations.exit_code(kfm, *_outcomes(outcomes))
 
 
 # -- Then: output and state -----------------------------------------------------------------------
 @then("the output holds the upstream's rows in the upstream's order")
 def output_holds_rows(kfm: ScenarioContext) -> None:
-    kfm.expect_output_rows()
+    expectations.output_rows(kfm)
 
 
 @then("the output's bytes and inode are unchanged")
 def output_untouched(kfm: ScenarioContext) -> None:
-    kfm.expect_output_untouched(inode=True)
+    expectations.output_untouched(kfm, inode=True)
 
 
 @then("the output's bytes are unchanged")
 def output_bytes_unchanged(kfm: ScenarioContext) -> None:
-    kfm.expect_output_untouched(inode=False)
+    expectations.output_untouched(kfm, inode=False)
 
 
 @then("the output and the run-state are byte-identical to before")
 def files_unchanged(kfm: ScenarioContext) -> None:
-    kfm.expect_files_unchanged_by_last_run()
+    expectations.files_unchanged_by_last_run(kfm)
 
 
 @then("nothing temporary is left beside the output")
 def no_temporaries(kfm: ScenarioContext) -> None:
-    kfm.expect_no_temporaries(since_last_run=True)
+    expectations.no_temporaries(kfm, since_last_run=True)
 
 
 @then("nothing is published")
 def nothing_published(kfm: ScenarioContext) -> None:
-    kfm.expect_nothing_published()
+    expectations.nothing_published(kfm)
 
 
 @then("both outputs are byte-identical")
 def both_outputs_identical(kfm: ScenarioContext) -> None:
-    kfm.expect_outputs_identical_across_dirs()
+    expectations.outputs_identical_across_dirs(kfm)
 
 
 @then("the reader only ever saw no output or a complete published version")
 def reader_saw_whole_versions(kfm: ScenarioContext) -> None:
-    kfm.expect_reader_saw_whole_versions()
+    expectations.reader_saw_whole_versions(kfm)
 
 
 # -- Then: requests --------------------------------------------------------------------------------
 @then(parsers.re(r'the request carried If-Modified-Since "(?P<value>[^"]*)" exactly'))
 def request_carried_ims(kfm: ScenarioContext, value: str) -> None:
-    kfm.expect_request_header("If-Modified-Since", value)
+    expectations.request_header(kfm, "If-Modified-Since", value)
 
 
 @then(parsers.re(r"the request carried If-None-Match (?P<etag>.+) exactly"))
 def request_carried_inm(kfm: ScenarioContext, etag: str) -> None:
-    kfm.expect_request_header("If-None-Match", etag.strip())
+    expectations.request_header(kfm, "If-None-Match", etag.strip())
 
 
 @then(parsers.re(r"the request carried no (?P<header>[A-Za-z-]+) header"))
 def request_carried_no_header(kfm: ScenarioContext, header: str) -> None:
-    kfm.expect_request_header(header, None)
+    expectations.request_header(kfm, header, None)
 
 
 @then("any If-Modified-Since it sent is the stored value, byte for byte")
 def ims_is_stored_value(kfm: ScenarioContext) -> None:
-    kfm.expect_ims_verbatim_if_sent()
+    expectations.ims_verbatim_if_sent(kfm)
 
 
 @then(parsers.re(r"the upstream answered (?P<status>\d{3})"))
 def upstream_answered(kfm: ScenarioContext, status: str) -> None:
-    kfm.expect_status_answered(int(status))
+    expectations.status_answered(kfm, int(status))
 
 
 @then("it sends only validators of the version it has published")
 def sends_validators_of_published(kfm: ScenarioContext) -> None:
-    kfm.expect_validators_of_published_version()
+    expectations.validators_of_published_version(kfm)
 
 
 @then("no process of any run was still alive after that run exited")
 def no_stragglers(kfm: ScenarioContext) -> None:
-    kfm.expect_no_stragglers()
+    expectations.no_stragglers(kfm)

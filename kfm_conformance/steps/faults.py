@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
+from kfm_conformance import expectations
 from kfm_conformance.faults import strace
 from kfm_conformance.faults.campaign_cache import campaign_key, shared_campaign
 from kfm_conformance.faults.concurrency import (
@@ -214,8 +215,8 @@ def _recorded(
     recording = record(
         kfm.sandbox, kfm.origin.url, world.scratch, label=label, extra_env=kfm.extra_env
     )
-    kfm.expect_exit("published")
-    kfm.expect_output_rows()
+    expectations.exit_code(kfm, "published")
+    expectations.output_rows(kfm)
     before = recording.result.files_before.get(kfm.profile.output)
     after = recording.result.files_after.get(kfm.profile.output)
     changed = before is None or after is None or before.sha256 != after.sha256
@@ -314,7 +315,7 @@ def runs_with_io_error(
     kfm.evidence["io_error"]["injection"] = injection.to_json()
     kfm_faults.injection = injection
     require_landed(injection)
-    kfm.expect_finished(injected.result)
+    expectations.finished(kfm, injected.result)
 
 
 @then(
@@ -327,7 +328,7 @@ def output_after_io_error(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None
     kfm.judge.apply(
         output_after_error(
             kfm_faults.injection,
-            kfm.current_published_state(),
+            expectations.current_published_state(kfm),
             kfm.current.resource,
             kfm.sandbox.output_path,
         )
@@ -336,7 +337,7 @@ def output_after_io_error(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None
 
 @then("its request carried no validator of the version it failed to publish")
 def no_validator_of_failed_version(kfm: ScenarioContext) -> None:
-    exchange = kfm.request_of_last_run()
+    exchange = expectations.request_of_last_run(kfm)
     kfm.judge.apply(state_not_advanced(exchange, kfm.current.resource, kfm.last_run.label))
 
 
