@@ -16,7 +16,7 @@ from pathlib import Path
 from kfm_conformance.faults import requests as run_requests
 from kfm_conformance.sandbox import FileState, RunResult, Snapshot
 from kfm_conformance.upstream import Exchange
-from kfm_conformance.verdict import Finding, recommended, required
+from kfm_conformance.verdict import Finding, fact
 
 #: File names that betray a temporary file left behind.
 TEMP_MARKERS = (".tmp", ".temp", ".part", ".partial", ".wal", "~", ".swp")
@@ -34,7 +34,7 @@ class ServedVersion:
 
 # -- runs and exit codes -----------------------------------------------------------------------
 def run_finished(run: RunResult, timeout_s: float) -> Finding:
-    return required(
+    return fact(
         "run.finished",
         not run.timed_out,
         f"the pipeline did not finish within its timeout of {timeout_s:g} s and was killed",
@@ -45,7 +45,7 @@ def run_finished(run: RunResult, timeout_s: float) -> Finding:
 
 def exit_code(run: RunResult, declared: dict[str, int]) -> Finding:
     """The run exited with the code declared for one of the outcomes."""
-    return required(
+    return fact(
         "exit-code",
         run.exit_code in declared.values(),
         f"{run.label} exited {run.exit_code}; declared for "
@@ -57,7 +57,7 @@ def exit_code(run: RunResult, declared: dict[str, int]) -> Finding:
 
 def every_run_succeeded(runs: Sequence[RunResult], success: frozenset[int]) -> Finding:
     bad = [(r.label, r.exit_code) for r in runs if r.exit_code not in success]
-    return required(
+    return fact(
         "exit-code.success",
         not bad,
         "a run against an unchanged upstream did not exit with a success code",
@@ -67,7 +67,7 @@ def every_run_succeeded(runs: Sequence[RunResult], success: frozenset[int]) -> F
 
 
 def same_code_every_time(codes: Sequence[int | None]) -> Finding:
-    return required(
+    return fact(
         "exit-code.deterministic",
         len(set(codes)) == 1,
         f"the same scenario gave different exit codes: {list(codes)}",
@@ -77,7 +77,7 @@ def same_code_every_time(codes: Sequence[int | None]) -> Finding:
 
 
 def failure_not_success(run: RunResult, success: frozenset[int]) -> Finding:
-    return required(
+    return fact(
         "exit-code.failure-not-success",
         run.exit_code not in success,
         f"{run.label} exited {run.exit_code}, a success code, on a failure",
@@ -91,7 +91,7 @@ def no_stragglers(runs: Sequence[RunResult]) -> Finding:
     leftovers = {
         r.label: r.stragglers for r in runs if r.stragglers and not r.killed and not r.timed_out
     }
-    return required(
+    return fact(
         "run.no-stragglers",
         not leftovers,
         "a process of the run was still running after the run had exited (its exit code "
@@ -103,7 +103,7 @@ def no_stragglers(runs: Sequence[RunResult]) -> Finding:
 
 # -- the output -------------------------------------------------------------------------------
 def output_exists(exists: bool, output: str, files: Iterable[str]) -> Finding:
-    return required(
+    return fact(
         "output.exists",
         exists,
         f"no output at {output} after a publishing run",
@@ -113,7 +113,7 @@ def output_exists(exists: bool, output: str, files: Iterable[str]) -> Finding:
 
 
 def output_readable(problem: str) -> Finding:
-    return required(
+    return fact(
         "output.readable",
         False,
         f"the output is unreadable: {problem}",
@@ -123,7 +123,7 @@ def output_readable(problem: str) -> Finding:
 
 
 def output_rows(same: bool, described: str, expected_rows: int, version: int) -> Finding:
-    return required(
+    return fact(
         "output.rows",
         same,
         f"the output does not hold version {version}'s rows: {described}",
@@ -138,7 +138,7 @@ def output_untouched(
     """The output's bytes (and inode) are those of the last publication."""
     same = after is not None and before is not None and after.sha256 == before.sha256
     findings = [
-        required(
+        fact(
             "output.bytes-unchanged",
             same,
             "the output's bytes changed",
@@ -148,7 +148,7 @@ def output_untouched(
     ]
     if inode and before is not None and after is not None:
         findings.append(
-            required(
+            fact(
                 "output.inode-unchanged",
                 after.inode == before.inode,
                 "the output was rewritten (new inode) although nothing changed",
@@ -160,7 +160,7 @@ def output_untouched(
 
 
 def outputs_identical(digests: dict[str, str | None]) -> Finding:
-    return required(
+    return fact(
         "output.identical-across-dirs",
         len(set(digests.values())) == 1 and None not in digests.values(),
         "the same payload gave different output bytes in different working directories",
@@ -172,7 +172,7 @@ def outputs_identical(digests: dict[str, str | None]) -> Finding:
 def reader_saw_whole_versions(seen: Sequence[str | None], complete: set[str | None]) -> Finding:
     """Every state a reader saw is no output or a complete published version."""
     torn = [d for d in seen if d not in complete]
-    return required(
+    return fact(
         "output.never-torn",
         not torn,
         f"a reader saw {len(torn)} state(s) of the output that are no complete version",
@@ -182,7 +182,7 @@ def reader_saw_whole_versions(seen: Sequence[str | None], complete: set[str | No
 
 
 def nothing_published(exists: bool, output: str) -> Finding:
-    return required(
+    return fact(
         "output.absent",
         not exists,
         "an output was published from data that had to be rejected",
@@ -199,7 +199,7 @@ def files_unchanged(
     digest_before = before[output].sha256 if output in before else "absent"
     digest_after = after[output].sha256 if output in after else "absent"
     findings = [
-        required(
+        fact(
             "output.unchanged",
             digest_before == digest_after,
             "the published output changed on a run that must not publish",
@@ -220,7 +220,7 @@ def files_unchanged(
     if declared_state is not None:
         in_state = [p for p in changed if under_any(p, declared_state)]
         findings.append(
-            required(
+            fact(
                 "state.unchanged",
                 not in_state,
                 "the declared run-state changed on a run that must not publish",
@@ -230,8 +230,8 @@ def files_unchanged(
         )
     else:
         findings.append(
-            recommended(
-                "state.unchanged",
+            fact(
+                "state.unchanged-undeclared",
                 not changed,
                 "files in the working directory changed on a run that must not publish "
                 "(the profile declares no state paths, so this is a warning)",
@@ -259,7 +259,7 @@ def no_temporaries(
         for p in added_by_failed_run
         if parent_of(p) == out_dir and p != output and not under_any(p, declared_state)
     ]
-    return required(
+    return fact(
         "output.no-temporaries",
         not leftovers,
         "temporary files were left beside the output",
@@ -276,7 +276,7 @@ def requests_of_run(exchanges: Iterable[Exchange], run: RunResult) -> list[Excha
 
 
 def request_sent(run: RunResult, seen: Sequence[Exchange]) -> Finding:
-    return required(
+    return fact(
         "request.sent",
         bool(seen),
         f"{run.label} sent no request to the upstream",
@@ -287,7 +287,7 @@ def request_sent(run: RunResult, seen: Sequence[Exchange]) -> Finding:
 
 def ims_verbatim_if_sent(sent: str | None, served: Iterable[ServedVersion]) -> Finding:
     stored = {v.last_modified for v in served}
-    return required(
+    return fact(
         "request.if-modified-since",
         sent is None or sent in stored,
         "the pipeline sent an If-Modified-Since that the upstream never gave it",
@@ -299,14 +299,14 @@ def ims_verbatim_if_sent(sent: str | None, served: Iterable[ServedVersion]) -> F
 def request_header(name: str, sent: str | None, value: str | None) -> Finding:
     """The request carried ``name`` with exactly ``value`` (or, for None, not at all)."""
     if value is None:
-        return required(
+        return fact(
             f"request.no-{name.lower()}",
             sent is None,
             f"the request carried {name}: {sent!r} although there was nothing to send",
             expected="header absent",
             observed=sent,
         )
-    return required(
+    return fact(
         f"request.{name.lower()}",
         sent == value,
         f"the request carried {name} {sent!r}, not the stored validator byte for byte",
@@ -322,7 +322,7 @@ def validators_of_published_version(
     allowed_ims = {published.last_modified} if published else set()
     allowed_inm = {published.etag} if published else set()
     ok = (ims is None or ims in allowed_ims) and (inm is None or inm in allowed_inm)
-    return required(
+    return fact(
         "state.matches-output",
         ok,
         "the pipeline sent validators of a version it has not published: its run-state "
@@ -337,7 +337,7 @@ def validators_of_published_version(
 
 
 def status_answered(exchange: Exchange, status: int) -> Finding:
-    return required(
+    return fact(
         "upstream.status",
         exchange.status == status,
         f"the upstream answered {exchange.status}, expected {status} "

@@ -9,7 +9,7 @@ How a pytest outcome becomes a verdict:
 
 - the scenario passed: ``pass``, or ``warn`` when a recommended check did not hold;
 - it raised :class:`~kfm_conformance.verdict.GuaranteeViolation`: ``fail`` (``warn`` for a
-  scenario tagged ``@recommended``, unless ``--kfm-strict``);
+  scenario that :mod:`kfm_conformance.levels` names a SHOULD, unless ``--kfm-strict``);
 - it was skipped: ``skip``, with the reason and whether it was "not declared" or unavailable;
 - anything else (an exception in harness code, a service that did not start, an undefined,
   ambiguous or pending step): ``error``. A scenario that "failed" while a real service it used
@@ -44,6 +44,7 @@ from kfm_conformance.capture.session import CaptureObserver, CaptureServices, sc
 from kfm_conformance.faults import campaign_cache
 from kfm_conformance.features import declared_id
 from kfm_conformance.isolation import Isolation, IsolationChoice
+from kfm_conformance.levels import scenario_is_recommended
 from kfm_conformance.profile import Profile, load_profile
 from kfm_conformance.redact import Redactor
 from kfm_conformance.report.model import ScenarioResult, cap_evidence
@@ -148,7 +149,6 @@ def _active(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     for guarantee in guarantees.CATALOGUE:
         config.addinivalue_line("markers", f"{guarantee.id}: {guarantee.title}")
-    config.addinivalue_line("markers", "recommended: a SHOULD; warns instead of failing")
     if not _active(config):
         return
     try:
@@ -295,10 +295,11 @@ def _collected_entry(item: pytest.Item) -> dict[str, Any]:
         declared = declared_id(tags)
         entry["name"] = template.name
         entry["feature_file"] = Path(template.feature.filename).name
-        entry["kind"] = "recommended" if "recommended" in tags else "required"
         entry["example"] = example
         if declared:
             entry["check_id"] = _check_id(guarantee, declared, example)
+        recommended = declared is not None and scenario_is_recommended(entry["check_id"])
+        entry["kind"] = "recommended" if recommended else "required"
     return entry
 
 
@@ -574,9 +575,10 @@ def _scenario_result(
     context = item.stash.get(CONTEXT_KEY, None)
     guarantee = _guarantee_of(item)
     example = _example_of(item)
-    recommended = "recommended" in info.get("tags", []) or any(
-        m.name == "recommended" for m in item.iter_markers()
-    )
+    declared = declared_id(info.get("tags", []))
+    scenario_name = info.get("scenario", item.name)
+    check_id = _check_id(guarantee, declared or _slug(scenario_name), example)
+    recommended = scenario_is_recommended(check_id)
     strict = bool(item.config.getoption("--kfm-strict"))
     message = ""
     skip_kind: str | None = None
@@ -611,13 +613,11 @@ def _scenario_result(
         evidence["harness_traceback"] = "".join(
             traceback.format_exception(excinfo.type, excinfo.value, excinfo.tb, limit=8)
         )[-6000:]
-    scenario_name = info.get("scenario", item.name)
-    declared = declared_id(info.get("tags", []))
     if declared is None and verdict is not Verdict.ERROR:
         verdict = Verdict.ERROR
         message = f"harness error: scenario {scenario_name!r} declares no @id: check ID"
     return ScenarioResult(
-        check_id=_check_id(guarantee, declared or _slug(scenario_name), example),
+        check_id=check_id,
         guarantee=guarantee,
         feature_file=info.get("feature_file"),
         name=scenario_name,

@@ -15,8 +15,8 @@ data that was actually published. The standards' own libraries do the reading:
   pyshacl. The facts of the run (the terms that name the output, the upstream URL, the
   output's sha256) are added to a copy of the sidecar's graph as triples of one
   ``kfmc:Publication`` node, which the shapes' SPARQL constraints read. Each shape carries a
-  stable check ID and a level (``core``: required; ``strict``: recommended); every violation
-  becomes one :class:`Finding` with its focus node and path.
+  stable check ID (its level, as every check's, is in :mod:`kfm_conformance.levels`); every
+  violation becomes one :class:`Finding` with its focus node and path.
 - STAC Items are read by pystac (``Item.from_dict``, assets, the file extension) and validated
   offline against the STAC core Item JSON Schema pystac ships, after pystac's own migration to
   that version; no schema is fetched, so extension schemas are not validated.
@@ -46,8 +46,7 @@ from kfm_conformance.verdict import (
     HarnessError,
     NotApplicable,
     SkipKind,
-    recommended,
-    required,
+    fact,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +62,6 @@ FORMAT_BY_EXTENSION = {".jsonld": "json-ld", ".json": "json-ld", ".ttl": "turtle
 #: Multihash codes (https://github.com/multiformats/multicodec) the STAC check can verify.
 MULTIHASH_ALGORITHMS = {0x12: "sha256", 0x13: "sha512"}
 PUBLICATION = KFMC + "publication"
-_LEVEL_BY_NAME = {"core": "required", "strict": "recommended"}
 
 
 class SidecarUnreadable(Exception):
@@ -170,10 +168,10 @@ def parse_rdf(text: str, *, fmt: str, base: str) -> Graph:
 # -- judging RDF with SHACL -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
-    """One rule of the shapes file: its check ID, level and what it asks for."""
+    """One rule of the shapes file: its check ID and what it asks for (its level is in
+    :mod:`kfm_conformance.levels`, as every check's)."""
 
     check: str
-    level: str
     comment: str
 
 
@@ -186,10 +184,7 @@ def load_shapes(kind: str) -> tuple[Graph, dict[str, Shape]]:
     graph = Graph().parse(data=shapes_text(kind), format="turtle")
     rules = {}
     for shape, check in graph.subject_objects(kfmc.check):
-        level = str(graph.value(shape, kfmc.level) or "core")
-        if level not in _LEVEL_BY_NAME:
-            raise HarnessError(f"shape {shape}: unknown level {level!r}")
-        rules[str(shape)] = Shape(str(check), level, str(graph.value(shape, RDFS.comment) or ""))
+        rules[str(shape)] = Shape(str(check), str(graph.value(shape, RDFS.comment) or ""))
     return graph, rules
 
 
@@ -291,9 +286,8 @@ def judge_rdf(kind: str, graph: Graph, facts: RunFacts) -> list[Finding]:
         value = _node(results.value(result, sh.value))
         text = str(results.value(result, sh.resultMessage) or rule.comment)
         where = f"focus {focus}" + (f", path {path}" if path else "")
-        make = required if rule.level == "core" else recommended
         violated.setdefault(rule.check, []).append(
-            make(
+            fact(
                 rule.check,
                 False,
                 f"the {kind.upper()} sidecar: {text} ({where})",
@@ -306,8 +300,7 @@ def judge_rdf(kind: str, graph: Graph, facts: RunFacts) -> list[Finding]:
         if rule.check in violated:
             findings.extend(violated[rule.check])
         else:
-            make = required if rule.level == "core" else recommended
-            findings.append(make(rule.check, True, rule.comment, expected=rule.comment))
+            findings.append(fact(rule.check, True, rule.comment, expected=rule.comment))
     return findings
 
 
@@ -381,7 +374,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
     from pystac.extensions.file import FileExtension
 
     if not isinstance(doc, dict):
-        return [required("provenance.stac.item", False, "the STAC sidecar is not a JSON object")]
+        return [fact("provenance.stac.item", False, "the STAC sidecar is not a JSON object")]
     findings = []
     try:
         item = pystac.Item.from_dict(copy.deepcopy(doc), migrate=True, preserve_dict=False)
@@ -397,7 +390,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         item = None
         problems = [f"pystac cannot read it as a STAC Item: {type(exc).__name__}: {exc}"]
     findings.append(
-        required(
+        fact(
             "provenance.stac.item",
             not problems,
             "the STAC sidecar is not a valid STAC Item: " + "; ".join(problems[:5]),
@@ -406,7 +399,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         )
     )
     findings.append(
-        required(
+        fact(
             "provenance.stac.datetime",
             _datetime_set(doc),
             "the STAC Item sets neither properties.datetime nor start_datetime and end_datetime",
@@ -426,7 +419,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         if Path(hrefs[key]).resolve() == facts.output.resolve() or names_output(hrefs[key], facts)
     }
     findings.append(
-        required(
+        fact(
             "provenance.stac.asset",
             bool(outputs),
             f"no STAC asset's href is the published output ({facts.output.name})",
@@ -444,7 +437,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         if checksum:
             claims[key] = str(checksum)
     findings.append(
-        recommended(
+        fact(
             "provenance.stac.checksum-present",
             bool(claims) or not outputs,
             "the STAC asset of the output carries no file:checksum",
@@ -456,8 +449,8 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
         matches = multihash_matches(claim, facts.output)
         if matches is None:
             findings.append(
-                recommended(
-                    "provenance.stac.checksum",
+                fact(
+                    "provenance.stac.checksum-algorithm",
                     False,
                     f"asset {key}: file:checksum uses a multihash algorithm the harness cannot "
                     "verify",
@@ -467,7 +460,7 @@ def judge_stac(doc: Any, sidecar: Path, facts: RunFacts) -> list[Finding]:
             )
             continue
         findings.append(
-            required(
+            fact(
                 "provenance.stac.checksum",
                 matches,
                 f"asset {key}: file:checksum names another digest: the STAC Item describes "
@@ -498,7 +491,7 @@ def judge_sidecar(
     kind: str, path: Path, facts: RunFacts, declared_format: str | None = None
 ) -> tuple[list[Finding], Any]:
     """All findings about one declared sidecar, and the document as read (for evidence)."""
-    present = required(
+    present = fact(
         f"provenance.{kind}.present",
         path.is_file(),
         f"the declared {kind.upper()} sidecar {path.name} is missing",
@@ -512,14 +505,14 @@ def judge_sidecar(
     except SidecarUnreadable as exc:
         return [
             present,
-            required(
+            fact(
                 f"provenance.{kind}.readable",
                 False,
                 f"the {kind.upper()} sidecar {path.name} cannot be read: {exc}",
                 observed=str(exc),
             ),
         ], None
-    readable = required(f"provenance.{kind}.readable", True, f"{path.name} reads")
+    readable = fact(f"provenance.{kind}.readable", True, f"{path.name} reads")
     if kind == "stac":
         return [present, readable, *judge_stac(document, path, facts)], document
     evidence = json.loads(document.serialize(format="json-ld"))
@@ -546,7 +539,7 @@ def judge_declaration(context: ScenarioContext) -> None:
     """The blueprint names three sidecars; a profile that declares fewer gets a warning."""
     declared = declared_sidecars(context.profile.provenance)
     missing = [k for k in SIDECAR_KINDS if k not in declared]
-    context.judge.recommend(
+    context.judge.require(
         "provenance.declared",
         not missing,
         "the profile does not declare every provenance sidecar the blueprint names: "

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kfm_conformance.levels import finding_is_recommended
+
 
 class Verdict(enum.StrEnum):
     """The verdict of one scenario, one guarantee, or one check."""
@@ -102,14 +104,21 @@ class NotApplicable(Exception):
 
 @dataclass(frozen=True)
 class Finding:
-    """One judged fact about the pipeline, with what was expected and what was observed."""
+    """One judged fact about the pipeline, with what was expected and what was observed.
+
+    Its level is not chosen where it is made: a check named in
+    :data:`kfm_conformance.levels.RECOMMENDED_FINDINGS` is a SHOULD, every other a MUST."""
 
     check: str
     ok: bool
     message: str
-    level: Level = Level.REQUIRED
     expected: Any = None
     observed: Any = None
+    level: Level = field(init=False)
+
+    def __post_init__(self) -> None:
+        level = Level.RECOMMENDED if finding_is_recommended(self.check) else Level.REQUIRED
+        object.__setattr__(self, "level", level)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,14 +126,9 @@ class Finding:
         return data
 
 
-def required(check: str, ok: bool, message: str, **detail: Any) -> Finding:
-    """A finding for a blueprint MUST."""
-    return Finding(check=check, ok=ok, message=message, level=Level.REQUIRED, **detail)
-
-
-def recommended(check: str, ok: bool, message: str, **detail: Any) -> Finding:
-    """A finding for a SHOULD: ``warn`` when it does not hold, ``fail`` under ``--strict``."""
-    return Finding(check=check, ok=ok, message=message, level=Level.RECOMMENDED, **detail)
+def fact(check: str, ok: bool, message: str, **detail: Any) -> Finding:
+    """A finding: whether ``check`` held, in words, with what was expected and observed."""
+    return Finding(check=check, ok=ok, message=message, **detail)
 
 
 @dataclass
@@ -161,14 +165,13 @@ class Judge:
             raise GuaranteeViolation(finding)
 
     def require(self, check: str, ok: bool, message: str, **detail: Any) -> None:
-        self.apply(required(check, ok, message, **detail))
+        """A fact later checks depend on: broken, it ends the step (a SHOULD: under
+        ``--strict`` only)."""
+        self.apply(fact(check, ok, message, **detail))
 
     def check(self, check: str, ok: bool, message: str, **detail: Any) -> None:
-        """A MUST that later checks do not depend on: kept, and the scenario goes on."""
-        self.apply(required(check, ok, message, **detail), independent=True)
-
-    def recommend(self, check: str, ok: bool, message: str, **detail: Any) -> None:
-        self.apply(recommended(check, ok, message, **detail))
+        """A fact later checks do not depend on: kept, and the scenario goes on."""
+        self.apply(fact(check, ok, message, **detail), independent=True)
 
     def raise_deferred(self) -> None:
         """At the end of a scenario: fail it if an independent check did not hold."""

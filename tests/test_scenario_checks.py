@@ -85,6 +85,7 @@ def test_files_unchanged_is_a_requirement_only_for_declared_state() -> None:
     assert declared[0].ok and not declared[1].ok and declared[1].level is Level.REQUIRED
     undeclared = checks.files_unchanged(before, after, "out/d.parquet", None)
     assert not undeclared[1].ok and undeclared[1].level is Level.RECOMMENDED
+    assert undeclared[1].check == "state.unchanged-undeclared"
     changed_output = checks.files_unchanged(
         before, {**after, "out/d.parquet": state("z")}, "out/d.parquet", (".state",)
     )

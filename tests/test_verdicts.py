@@ -79,7 +79,7 @@ def test_guarantee_violation_is_a_fail_and_should_is_a_warn(pytester: pytest.Pyt
         "@then('an independent check breaks')\n"
         "def _(kfm):\n    kfm.judge.check('z', False, 'first defect')\n"
         "@given('a recommendation is missed')\n"
-        "def _(kfm):\n    kfm.judge.recommend('y', False, 'missed should')\n"
+        "def _(kfm):\n    kfm.judge.require('telemetry.step-spans', False, 'missed should')\n"
         "@given('a limit is undeclared')\n"
         "def _(kfm):\n    kfm.require_declared('max_body_bytes')\n"
     )
@@ -112,9 +112,40 @@ def test_guarantee_violation_is_a_fail_and_should_is_a_warn(pytester: pytest.Pyt
 
 
 def test_strict_judge_fails_on_a_missed_should() -> None:
+    """A check's level comes from kfm_conformance.levels alone, whoever judges it."""
     with pytest.raises(GuaranteeViolation):
-        Judge(strict=True).recommend("y", False, "missed should")
-    Judge(strict=False).recommend("y", False, "missed should")
+        Judge(strict=True).require("telemetry.step-spans", False, "missed should")
+    lenient = Judge(strict=False)
+    lenient.require("telemetry.step-spans", False, "missed should")
+    assert [f.check for f in lenient.warnings] == ["telemetry.step-spans"]
+    with pytest.raises(GuaranteeViolation):
+        Judge(strict=False).require("telemetry.root-span", False, "a MUST")
+
+
+def test_every_level_is_declared_in_one_place() -> None:
+    """The SHOULDs are kfm_conformance.levels' tables: every recommended scenario is a declared
+    check ID, no feature file tags a level, no shape carries one, and a finding's level cannot
+    be chosen where it is made."""
+    import dataclasses
+
+    from kfm_conformance import levels
+    from kfm_conformance.features import declared_check_ids, feature_files
+    from kfm_conformance.shapes import shapes_text
+    from kfm_conformance.verdict import Finding, Level, fact
+
+    assert set(levels.RECOMMENDED_SCENARIOS) <= set(declared_check_ids())
+    assert all(levels.RECOMMENDED_SCENARIOS.values())
+    assert all(levels.RECOMMENDED_FINDINGS.values())
+    assert not [p.name for p in feature_files() if "@recommended" in p.read_text()]
+    assert not [k for k in ("prov", "dcat") if "kfmc:level" in shapes_text(k)]
+    level = next(f for f in dataclasses.fields(Finding) if f.name == "level")
+    assert level.init is False
+    assert fact("lineage.schema-facet", False, "m").level is Level.RECOMMENDED
+    assert fact("lineage.one-terminal", False, "m").level is Level.REQUIRED
+    assert levels.scenario_is_recommended(
+        "provenance/the-pipeline-declares-all-three-provenance-sidecars"
+    )
+    assert not levels.scenario_is_recommended("provenance/a-publication-writes-sidecars")
 
 
 def _scenario(check: str, verdict: str, kind: str = "required", skip_kind=None) -> dict:

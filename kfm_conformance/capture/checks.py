@@ -38,7 +38,7 @@ from kfm_conformance.capture.hierarchy import (
     RunHierarchy,
     hierarchies,
 )
-from kfm_conformance.verdict import Finding, recommended, required
+from kfm_conformance.verdict import Finding, fact
 
 if TYPE_CHECKING:
     from kfm_conformance.capture.otlp import SpanRecord
@@ -304,7 +304,7 @@ def _within_limits(check: str, endpoint: str, over_limits: Sequence[str]) -> lis
     if not over_limits:
         return []
     return [
-        required(
+        fact(
             check,
             False,
             f"the run sent {len(over_limits)} request(s) beyond the {endpoint}'s limits, which "
@@ -377,7 +377,7 @@ def _check_start(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> Fi
         message = "every OpenLineage run of the run began with one START event"
     if accepted and not problem:
         message += " (" + "; ".join(accepted) + ")"
-    return required(
+    return fact(
         "lineage.start-event",
         not problem,
         message,
@@ -433,7 +433,7 @@ def _check_terminal(
             f"the run {outcome}; its root run ended with {want} and every OpenLineage run "
             "of it with exactly one terminal event that fits"
         )
-    return required(
+    return fact(
         "lineage.terminal-event",
         not problem,
         problem or ok_message,
@@ -507,7 +507,7 @@ def _check_run_id(events: list[dict[str, Any]], groups: list[RunHierarchy]) -> F
             for g in groups
             for r in g.runs
         )
-    return required(
+    return fact(
         "lineage.run-id",
         not problem,
         problem or ok_message,
@@ -544,7 +544,7 @@ def _check_time_order(events: list[dict[str, Any]], groups: list[RunHierarchy]) 
         if problem:
             break
     observed = ", ".join(f"{_event_type(e)} at {e.get('eventTime')}" for e in events)
-    return required(
+    return fact(
         "lineage.event-time-order",
         not problem,
         problem or "event times never go backwards",
@@ -576,7 +576,7 @@ def _check_inputs(events: list[dict[str, Any]], upstream_url: str) -> Finding:
         for d in inputs
     )
     namespace = sorted(namespaces, key=len)[-1]
-    return required(
+    return fact(
         "lineage.inputs",
         ok,
         "the run names its upstream as an input"
@@ -598,7 +598,7 @@ def _check_outputs(events: list[dict[str, Any]], output_relpath: str) -> Finding
         problem = f"the COMPLETE event does not name the output {_relpath(output_relpath)}"
     else:
         problem = ""
-    return required(
+    return fact(
         "lineage.outputs",
         ok,
         problem or "the COMPLETE event names the published output dataset",
@@ -652,7 +652,7 @@ def _check_schema_facet(
             ]
             if wrong:
                 problem = "the schema facet states incompatible types: " + "; ".join(wrong)
-    return recommended(
+    return fact(
         "lineage.schema-facet",
         not problem,
         problem or "the output's schema facet matches the written Parquet schema",
@@ -685,7 +685,7 @@ def _check_not_modified(events: list[dict[str, Any]], previous_version: str | No
             change = lifecycle.get("lifecycleStateChange") if isinstance(lifecycle, dict) else None
             if change in _WRITE_STATES:
                 claims.append(f"{label} reports the dataset lifecycle change {change}")
-    return required(
+    return fact(
         "lineage.not-modified-no-version",
         not claims,
         "the not-modified run claims a new output version: " + "; ".join(claims)
@@ -717,7 +717,7 @@ def _check_spec(events: list[dict[str, Any]], validator: EventValidator) -> list
     if notes:
         observed += "; checked in part: " + "; ".join(notes)
     return [
-        required(
+        fact(
             "lineage.spec-valid",
             True,
             f"all {len(events)} events follow the OpenLineage spec",
@@ -775,7 +775,7 @@ def judge_lineage_across_runs(runs: list[list[dict[str, Any]]]) -> list[Finding]
             )
     problem = "; ".join(problems)
     return [
-        required(
+        fact(
             "lineage.job-stable",
             not problem,
             problem or f"all {len(described)} runs name the same job",
@@ -812,7 +812,7 @@ def judge_telemetry_run(
     traces = list(dict.fromkeys(s["trace_id"] for s in spans))
     findings = _within_limits("telemetry.within-limits", "OTLP endpoint", over_limits)
     findings += [
-        required(
+        fact(
             "telemetry.trace-exported",
             bool(spans),
             f"the run exported {len(spans)} spans in {len(traces)} trace(s)"
@@ -828,7 +828,7 @@ def judge_telemetry_run(
     roots = [s for s in spans if not s["parent_span_id"]]
     orphans = [s for s in spans if s["parent_span_id"] and s["parent_span_id"] not in ids]
     findings.append(
-        required(
+        fact(
             "telemetry.root-span",
             len(roots) == 1,
             "the run has exactly one root span"
@@ -856,7 +856,7 @@ def judge_telemetry_run(
             wanted = "ERROR" if want_error else "not ERROR"
             message = f"the run {outcome}, so its root span's status cannot be {wanted}"
         findings.append(
-            required(
+            fact(
                 "telemetry.root-status",
                 ok,
                 message,
@@ -869,7 +869,7 @@ def judge_telemetry_run(
     names = list(dict.fromkeys(s["name"] for s in spans))
     steps = [w for w in ("fetch", "transform", "publish") if any(w in n.lower() for n in names)]
     findings.append(
-        recommended(
+        fact(
             "telemetry.step-spans",
             len(spans) > 1,
             "the run's trace has step spans"
@@ -891,7 +891,7 @@ def judge_telemetry_run(
             or (isinstance(v, list) and wanted_ids & {x for x in v if isinstance(x, str)})
         ]
         findings.append(
-            recommended(
+            fact(
                 "telemetry.runid-correlation",
                 bool(holders),
                 "the trace carries the OpenLineage run id"
@@ -912,7 +912,7 @@ def _check_service_name(spans: Sequence[SpanRecord], expected: str | None) -> Fi
         problem = "spans were exported without a service.name resource attribute"
     elif expected is not None and names != [expected]:
         problem = f"service.name is {', '.join(names)}, not {expected}"
-    return required(
+    return fact(
         "telemetry.service-name",
         not problem,
         problem or f"service.name is set ({', '.join(names)})",
@@ -948,7 +948,7 @@ def _check_http_semconv(spans: Sequence[SpanRecord]) -> Finding:
         + ", ".join(k for k in s["attributes"] if k.startswith(("http.", "url.", "error.")))
         for s in http_spans
     )
-    return recommended(
+    return fact(
         "telemetry.http-semconv",
         not problem,
         problem or "HTTP client spans use the current semantic conventions",

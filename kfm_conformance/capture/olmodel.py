@@ -47,7 +47,7 @@ from typing import Any
 
 from jsonschema import FormatChecker
 
-from kfm_conformance.verdict import Finding, HarnessError, required
+from kfm_conformance.verdict import Finding, HarnessError, fact
 
 CHECK = "lineage.spec-valid"
 NAME = "openlineage-python"
@@ -361,7 +361,7 @@ class OpenLineageModel:
         return expected
 
     def _finding(self, path: str, message: str, where: str) -> Finding:
-        return required(
+        return fact(
             CHECK,
             False,
             f"event does not follow the OpenLineage spec at {path}: {message}",

@@ -36,7 +36,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from kfm_conformance.verdict import ConfigurationError, Finding, HarnessError, required
+from kfm_conformance.verdict import ConfigurationError, Finding, HarnessError, fact
 
 ENV_VAR = "KFM_OPENLINEAGE_SCHEMAS"
 CHECK = "lineage.spec-valid"
@@ -220,7 +220,7 @@ class OpenLineageSchemas:
 
     @staticmethod
     def _finding(path: str, message: str, ref: str) -> Finding:
-        return required(
+        return fact(
             CHECK,
             False,
             f"event does not follow the OpenLineage spec at {path}: {message}",

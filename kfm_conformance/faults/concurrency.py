@@ -42,7 +42,7 @@ from kfm_conformance.faults.crash import VersionBook
 from kfm_conformance.profile import Profile
 from kfm_conformance.sandbox import RunningPipeline, RunResult, Sandbox
 from kfm_conformance.upstream import Origin, Reply, Resource
-from kfm_conformance.verdict import Finding, required
+from kfm_conformance.verdict import Finding, fact
 
 OVERLAPS = ("downloading", "writing")
 
@@ -114,7 +114,7 @@ class OutputPoller:
 
 def never_torn(seen: list[tuple[str, str | None]], reads: int, context: str) -> Finding:
     torn = [d for label, d in seen if label == "torn"]
-    return required(
+    return fact(
         "output.never-torn",
         not torn,
         f"{context}: a reader saw {len(torn)} content(s) of the output that are no whole version",
@@ -173,7 +173,7 @@ class ConcurrentOutcome:
             if r.timed_out or r.exit_code not in declared.values()
         ]
         return [
-            required(
+            fact(
                 "concurrency.declared-exit",
                 not bad,
                 "a run that shared its working directory ended with a code the profile does not "
@@ -426,7 +426,7 @@ class KillRestartOutcome:
             if r.restarted.exit_code not in success or r.after_restart != r.version
         ]
         return [
-            required(
+            fact(
                 "crash.recovery-converges",
                 not bad,
                 f"after {len(bad)} of {len(self.rounds)} kills the restarted run did not publish "

@@ -63,7 +63,7 @@ from kfm_conformance.faults.strace import Syscall, Trace
 from kfm_conformance.profile import Profile
 from kfm_conformance.sandbox import FileState, RunResult, Sandbox, file_state
 from kfm_conformance.upstream import Origin, Resource
-from kfm_conformance.verdict import Finding, HarnessError, required
+from kfm_conformance.verdict import Finding, HarnessError, fact
 
 FIRST_PUBLICATION = "first-publication"
 UPDATE = "update"
@@ -589,7 +589,7 @@ class CampaignResult:
     def output_findings(self) -> list[Finding]:
         bad = [p for p in self.points if p.problems_output]
         return [
-            required(
+            fact(
                 "crash.output-whole",
                 not bad,
                 f"after {len(bad)} of {self.explored} crashes the output was not a complete "
@@ -602,7 +602,7 @@ class CampaignResult:
     def recovery_findings(self) -> list[Finding]:
         bad = [p for p in self.points if p.problems_recovery]
         return [
-            required(
+            fact(
                 "crash.recovery-converges",
                 not bad,
                 f"after {len(bad)} of {self.explored} crashes the next normal run did not "
@@ -616,7 +616,7 @@ class CampaignResult:
     def state_findings(self) -> list[Finding]:
         bad = [p for p in self.points if p.problems_state]
         return [
-            required(
+            fact(
                 "crash.state-matches-output",
                 not bad,
                 f"after {len(bad)} of {self.explored} crashes the run-state claimed a version "
@@ -630,7 +630,7 @@ class CampaignResult:
     def exploration_findings(self) -> list[Finding]:
         """The runs the campaign is planned from published: else nothing can be planned."""
         return [
-            required(
+            fact(
                 "crash.clean-publication",
                 self.recording_problem is None,
                 self.recording_problem or "",

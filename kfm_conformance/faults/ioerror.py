@@ -51,7 +51,7 @@ from kfm_conformance.faults.strace import (
 )
 from kfm_conformance.sandbox import FileState, Sandbox, file_state
 from kfm_conformance.upstream import Exchange, Resource
-from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, required
+from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, fact
 
 #: How a disk-error scenario that cannot be aimed at this pipeline's call is skipped: the
 #: pipeline's writes come from several threads or processes in an order that changes from run
@@ -333,7 +333,7 @@ def output_after_error(
         if injection.target.after_commit
         else "the published version, byte for byte"
     )
-    return required(
+    return fact(
         "output.after-io-error",
         unchanged or whole_new,
         f"after {injection.target.step} failed with {injection.errno} the output is not "
@@ -361,7 +361,7 @@ def state_not_advanced(exchange: Exchange, failed: Resource, label: str) -> Find
         leaked["If-Modified-Since"] = ims
     if failed.etag is not None and inm is not None and failed.etag.removeprefix("W/") in inm:
         leaked["If-None-Match"] = inm
-    return required(
+    return fact(
         "state.not-advanced",
         not leaked,
         f"{label} sent validators of the version whose publication failed: the run-state "

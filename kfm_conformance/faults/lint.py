@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfm_conformance.faults.strace import Syscall, Trace, relative_to
-from kfm_conformance.verdict import Finding, recommended, required
+from kfm_conformance.verdict import Finding, fact
 
 #: Check names, grouped by what the feature files say about them.
 REPLACEMENT_CHECKS = ("protocol.rename-onto-output",)
@@ -119,7 +119,7 @@ def lint_trace(
     ]
     cross_fs = [c for c in steps if c.kind == "rename" and c.errno == "EXDEV"]
     findings.append(
-        required(
+        fact(
             "protocol.no-in-place-write",
             not in_place,
             f"{context} wrote the published output in place, where readers can see it half "
@@ -140,7 +140,7 @@ def lint_trace(
     done = [c for c in renames if not c.failed and c.finished]
     if output_changed:
         findings.append(
-            required(
+            fact(
                 "protocol.rename-onto-output",
                 bool(done),
                 f"{context} changed the output without renaming a finished file onto it"
@@ -180,7 +180,7 @@ def lint_trace(
     if commit is not None and state_changes:
         last = state_changes[-1]
         findings.append(
-            recommended(
+            fact(
                 "protocol.state-after-data",
                 last.seq > commit.seq,
                 f"{context} changed its run-state for the last time before the output was "
@@ -208,7 +208,7 @@ def lint_trace(
     state_renames = [c for c in state_changes if c.kind == "rename"]
     if state_changes:
         findings.append(
-            recommended(
+            fact(
                 "protocol.state-replaced-by-rename",
                 not in_place_state,
                 f"{context} wrote its run-state in place without a journal (a crash can leave "
@@ -261,7 +261,7 @@ def _temp_fsynced(
     ]
     what = "run-state's" if "state" in check else "output's"
     shown = relative_to(root, rename.path or "") or rename.path
-    return recommended(
+    return fact(
         check,
         bool(synced),
         f"{context} did not fsync the {what} temp file before renaming it (after a power loss "
@@ -283,7 +283,7 @@ def _dir_fsynced(
     ]
     what = "run-state's" if "state" in check else "output's"
     shown = relative_to(root, directory) or directory
-    return recommended(
+    return fact(
         check,
         bool(synced),
         f"{context} did not fsync the {what} directory after the rename (after a power loss "

@@ -92,14 +92,12 @@ Feature: Write-ahead temp file, then atomic replace
     And the output is never written in place or truncated
 
   @id:the-system-calls-of-a-publication-show-the-run-state-changed-last-after-the-output
-  @recommended
   Scenario: The system calls of a publication show the run-state changed last, after the output
     Given the system-call tracer is available
     When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded
     Then the run-state changes for the last time only after the output is replaced
 
   @id:the-system-calls-of-a-publication-show-every-file-flushed-to-disk-before-it-is-renamed
-  @recommended
   Scenario: The system calls of a publication show every file flushed to disk before it is renamed
     Given the system-call tracer is available
     When the system calls of a first publication of 2000 rows and of an update to 2500 rows are recorded

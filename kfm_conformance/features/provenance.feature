@@ -13,7 +13,6 @@ Feature: Provenance sidecars (STAC, PROV-O, DCAT)
   refused. A run that publishes nothing leaves the sidecars untouched.
 
   @id:the-pipeline-declares-all-three-provenance-sidecars
-  @recommended
   Scenario: The pipeline declares all three provenance sidecars
     Then the profile declares a STAC, a PROV-O and a DCAT sidecar
 

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from kfm_conformance.verdict import Finding, HarnessError, required
+from kfm_conformance.verdict import Finding, HarnessError, fact
 
 __all__ = ["LineageRun", "MarquezClient", "judge_marquez_run", "lineage_runs", "marquez_error"]
 
@@ -297,7 +297,7 @@ def judge_marquez_run(
         for r in invalid
     ]
     findings.append(
-        required(
+        fact(
             "marquez.accepted",
             not invalid,
             f"Marquez refused {len(invalid)} of the run's {len(forwarded)} events as invalid: "
@@ -368,7 +368,7 @@ def _judge_states(
                 f"run {run.run_id} of job {name}: Marquez {seen}, expected {expected} (from {why})"
             )
     evidence["runs"] = rows
-    return required(
+    return fact(
         "marquez.run-state",
         not wrong,
         "; ".join(wrong)
@@ -428,7 +428,7 @@ def _judge_parents(
         elif not job.get("parentJobUuid"):
             problems.append(f"Marquez did not link job {name} to a parent job")
     evidence["parents"] = rows
-    return required(
+    return fact(
         "marquez.parent-run",
         not problems,
         "; ".join(problems)
@@ -471,7 +471,7 @@ def _judge_graph(
         missing += sorted(wanted - edges)
     evidence["lineage_graph"] = graphs
     wanted_all = sorted(e for wanted in wanted_by_node.values() for e in wanted)
-    return required(
+    return fact(
         "marquez.lineage-graph",
         not missing,
         "Marquez's lineage graph links the upstream to the job and the job to the output"

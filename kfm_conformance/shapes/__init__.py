@@ -1,8 +1,8 @@
 """The harness's provenance rules and JSON-LD contexts, as data.
 
 - ``*.ttl``: SHACL shapes, one file per standard (``prov.ttl``, ``dcat.ttl``). Every shape
-  that judges something carries a stable check ID (``kfmc:check``) and a level
-  (``kfmc:level``, ``core`` or ``strict``); see ``docs/provenance.md``.
+  that judges something carries a stable check ID (``kfmc:check``); its level, as every
+  check's, is in :mod:`kfm_conformance.levels`; see ``docs/provenance.md``.
 - ``contexts/``: the few well-known JSON-LD contexts the harness resolves from its own copies
   (``contexts/index.json`` maps each context URL to its file). Every other remote context is
   refused: the harness never fetches anything while reading a sidecar.
@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-#: The harness's own vocabulary, for the check ID and level of a shape and for the facts of
+#: The harness's own vocabulary, for the check ID of a shape and for the facts of
 #: the run it adds to a copy of a sidecar's graph.
 KFMC = "urn:kfm-conformance:"
 SHAPE_FILES = {"prov": "prov.ttl", "dcat": "dcat.ttl"}

@@ -62,7 +62,7 @@ from kfm_conformance.faults.lint import (
 )
 from kfm_conformance.scenario import ScenarioContext
 from kfm_conformance.upstream import Resource, Version
-from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, recommended
+from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, fact
 
 #: Parallel lanes of the crash campaign (the blueprint's reference machine has 2 cores).
 CAMPAIGN_WORKERS = 2
@@ -265,7 +265,7 @@ def protocol_state_after_data(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> 
 def protocol_durable(kfm: ScenarioContext, kfm_faults: FaultsWorld) -> None:
     broken = [f for f in select(kfm_faults.lint, DURABILITY_CHECKS) if not f.ok]
     kfm.judge.apply(
-        recommended(
+        fact(
             "protocol.durable",
             not broken,
             f"{len(broken)} durability step(s) missing: " + "; ".join(f.message for f in broken),

@@ -174,7 +174,7 @@ def lineage_schema_facet(kfm: ScenarioContext, kfm_observer: CaptureObserver) ->
         )
         return
     if _parquet_columns(kfm) is None:
-        kfm.judge.recommend(
+        kfm.judge.require(
             "lineage.schema-facet",
             False,
             "the output is not a readable Parquet file, so no schema facet can match it",
@@ -261,7 +261,6 @@ def _labelled(finding: Finding, run: RunCapture) -> Finding:
         check=finding.check,
         ok=finding.ok,
         message=f"{run.label}: {finding.message}",
-        level=finding.level,
         expected=finding.expected,
         observed=finding.observed,
     )
@@ -307,7 +306,7 @@ def telemetry_http_semconv(kfm: ScenarioContext, kfm_observer: CaptureObserver) 
 def telemetry_runid(kfm: ScenarioContext, kfm_observer: CaptureObserver) -> None:
     run = kfm_observer.last
     if not run.run_ids:
-        kfm.judge.recommend(
+        kfm.judge.require(
             "telemetry.runid-correlation",
             False,
             "the run sent no OpenLineage run id, so the trace cannot be tied to its lineage",
