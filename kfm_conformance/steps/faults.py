@@ -9,8 +9,6 @@ denied; the time-based kills and the concurrent runs without slowed writes need 
 
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +20,6 @@ from pytest_bdd import given, parsers, then, when
 
 from kfm_conformance import expectations
 from kfm_conformance.faults import strace
-from kfm_conformance.faults.campaign_cache import campaign_key, shared_campaign
 from kfm_conformance.faults.concurrency import (
     ConcurrentOutcome,
     KillRestartOutcome,
@@ -32,15 +29,11 @@ from kfm_conformance.faults.concurrency import (
     two_runs_at_once,
 )
 from kfm_conformance.faults.crash import (
-    FIRST_PUBLICATION,
-    UPDATE,
     CampaignResult,
     Recording,
     VersionBook,
     record,
     require_some_crash,
-    run_campaign,
-    run_from_json,
 )
 from kfm_conformance.faults.ioerror import (
     Injection,
@@ -60,14 +53,10 @@ from kfm_conformance.faults.lint import (
     lint_trace,
     select,
 )
+from kfm_conformance.faults.scenario_campaign import campaign_for
 from kfm_conformance.scenario import ScenarioContext
 from kfm_conformance.upstream import Resource, Version
 from kfm_conformance.verdict import Finding, HarnessError, NotApplicable, SkipKind, fact
-
-#: Parallel lanes of the crash campaign (the blueprint's reference machine has 2 cores).
-CAMPAIGN_WORKERS = 2
-#: Time-based kills added to each strace crash campaign.
-CAMPAIGN_TIMED_KILLS = 2
 
 
 @dataclass
@@ -107,8 +96,6 @@ def tracer_available(kfm: ScenarioContext) -> None:
 
 
 # -- crash campaign -------------------------------------------------------------------------------
-_FIRST = re.compile(r"a first publication of (\d+) rows")
-_UPDATE = re.compile(r"an update from (\d+) rows to (\d+) rows")
 
 
 @when(
@@ -121,67 +108,10 @@ def killed_at_each_step(
     request: pytest.FixtureRequest, kfm: ScenarioContext, kfm_faults: FaultsWorld, publication: str
 ) -> None:
     strace.require_strace()
-    first, update = _FIRST.fullmatch(publication), _UPDATE.fullmatch(publication)
-    if update:
-        old = kfm.upstream.serve_rows(int(update.group(1)))
-        new = kfm.upstream.serve_rows(int(update.group(2)))
-        case = UPDATE
-    elif first:
-        old, new = None, kfm.upstream.serve_rows(int(first.group(1)))
-        case = FIRST_PUBLICATION
-    else:
-        raise ValueError(f"unknown publication {publication!r}")
-    key = campaign_key(
-        profile=str(kfm.profile.path),
-        profile_sha256=kfm.profile.digest,
-        case=case,
-        old=_fingerprint(old.resource) if old else None,
-        new=_fingerprint(new.resource),
-        seed=kfm.seed,
-        workers=CAMPAIGN_WORKERS,
-        timed_kills=CAMPAIGN_TIMED_KILLS,
-    )
-    owner = f"{request.node.nodeid}"
-    shared = shared_campaign(
-        key,
-        owner,
-        lambda: run_campaign(
-            kfm.profile,
-            kfm.make_sandbox,
-            case=case,
-            old=old.resource if old else None,
-            new=new.resource,
-            extra_env=kfm.extra_env,
-            workers=CAMPAIGN_WORKERS,
-            timed_kills=CAMPAIGN_TIMED_KILLS,
-            seed=kfm.seed,
-        ),
-    )
-    result = shared.result
-    evidence = result.to_evidence()
-    if shared.reused_from is None:
-        kfm.other_sandboxes.extend(result.keep)
-    else:
-        evidence["reused_from"] = shared.reused_from
-        evidence["note"] = (
-            "this campaign ran once for every scenario that judges it; its runs are shown here "
-            "as the scenario that ran it recorded them"
-        )
-        holder = kfm.fresh_sandbox()
-        for run in result.to_json()["runs"]:
-            holder.record(run_from_json(run))
-    kfm.evidence["crash_campaign"] = evidence
+    result = campaign_for(kfm, publication, owner=request.node.nodeid)
     kfm_faults.campaign = result
     kfm.judge.apply(result.exploration_findings())
     require_some_crash(result)
-
-
-def _fingerprint(resource: Resource) -> dict[str, str | None]:
-    return {
-        "body_sha256": hashlib.sha256(resource.body).hexdigest(),
-        "last_modified": resource.last_modified,
-        "etag": resource.etag,
-    }
 
 
 def _campaign(world: FaultsWorld) -> CampaignResult:
