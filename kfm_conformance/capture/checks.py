@@ -956,3 +956,28 @@ def _check_http_semconv(spans: Sequence[SpanRecord]) -> Finding:
         "http.response.status_code",
         observed=shown or "no span with HTTP attributes",
     )
+
+
+def run_id_per_run(run_ids: dict[str, list[str]]) -> Finding:
+    """Every run (by label) sent a run id, and no two runs share one."""
+    owners: dict[str, list[str]] = {}
+    for label, ids in run_ids.items():
+        for run_id in ids:
+            owners.setdefault(run_id, []).append(label)
+    shared = {i: labels for i, labels in owners.items() if len(labels) > 1}
+    missing = [label for label, ids in run_ids.items() if not ids]
+    if missing:
+        problem = f"no run id arrived for {', '.join(missing)}"
+    elif shared:
+        problem = "; ".join(
+            f"{', '.join(labels)} share the run id {i}" for i, labels in shared.items()
+        )
+    else:
+        problem = ""
+    return fact(
+        "lineage.run-id-per-run",
+        not problem,
+        problem or f"each of the {len(run_ids)} runs has a run id of its own",
+        expected="a new run id for every run",
+        observed=run_ids,
+    )

@@ -22,6 +22,7 @@ from kfm_conformance.capture.checks import (
     judge_lineage_run,
     judge_telemetry_run,
     output_version,
+    run_id_per_run,
 )
 from kfm_conformance.capture.session import CaptureObserver, RunCapture
 from kfm_conformance.scenario import ScenarioContext
@@ -205,28 +206,7 @@ def every_run_opens_and_closes(kfm: ScenarioContext, kfm_observer: CaptureObserv
 
 @then("every run carries a run id of its own")
 def every_run_own_run_id(kfm: ScenarioContext, kfm_observer: CaptureObserver) -> None:
-    per_run = {run.label: run.run_ids for run in kfm_observer.runs}
-    owners: dict[str, list[str]] = {}
-    for label, ids in per_run.items():
-        for run_id in ids:
-            owners.setdefault(run_id, []).append(label)
-    shared = {i: labels for i, labels in owners.items() if len(labels) > 1}
-    missing = [label for label, ids in per_run.items() if not ids]
-    if missing:
-        problem = f"no run id arrived for {', '.join(missing)}"
-    elif shared:
-        problem = "; ".join(
-            f"{', '.join(labels)} share the run id {i}" for i, labels in shared.items()
-        )
-    else:
-        problem = ""
-    kfm.judge.require(
-        "lineage.run-id-per-run",
-        not problem,
-        problem or f"each of the {len(per_run)} runs has a run id of its own",
-        expected="a new run id for every run",
-        observed=per_run,
-    )
+    kfm.judge.apply(run_id_per_run({run.label: run.run_ids for run in kfm_observer.runs}))
 
 
 @then("every run names the same job")

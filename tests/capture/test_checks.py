@@ -723,3 +723,13 @@ def test_end_to_end_with_real_clients(
         )
         _all_ok(telemetry)
     _all_ok(judge_lineage_across_runs(sink.runs()))
+
+
+def test_every_run_needs_a_run_id_of_its_own() -> None:
+    from kfm_conformance.capture.checks import run_id_per_run
+
+    assert run_id_per_run({"run 1": ["a"], "run 2": ["b", "c"]}).ok
+    shared = run_id_per_run({"run 1": ["a"], "run 2": ["a"]})
+    assert not shared.ok and shared.message == "run 1, run 2 share the run id a"
+    missing = run_id_per_run({"run 1": ["a"], "run 2": []})
+    assert not missing.ok and missing.message == "no run id arrived for run 2"
