@@ -42,7 +42,7 @@ from kfm_conformance import channel, guarantees, isolation
 from kfm_conformance import sandbox as sandbox_module
 from kfm_conformance.capture.session import CaptureObserver, CaptureServices, schema_location
 from kfm_conformance.faults import campaign_cache
-from kfm_conformance.features import declared_id
+from kfm_conformance.features import chosen_by, declared_id
 from kfm_conformance.isolation import Isolation, IsolationChoice
 from kfm_conformance.levels import scenario_is_recommended
 from kfm_conformance.profile import Profile, load_profile
@@ -255,11 +255,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, dropped = [], []
     for item in items:
         guarantee = _guarantee_of(item)
-        entry = _collected_entry(item) if guarantee in narrowed else {}
-        check_id = str(entry.get("check_id", ""))
-        if guarantee not in narrowed or any(
-            check_id == c or check_id.startswith(c + "[") for c in chosen
-        ):
+        # A scenario of a narrowed guarantee without a declared ID matches no check ID.
+        check_id = _collected_entry(item).get("check_id") if guarantee in narrowed else None
+        if chosen_by(str(check_id or f"{guarantee}/"), chosen):
             kept.append(item)
         else:
             dropped.append(item)

@@ -117,10 +117,16 @@ class Selection:
 
     def keeps(self, guarantee: str, check_id: str) -> bool:
         """Whether a scenario of ``guarantee`` with this check ID is selected."""
-        if guarantee not in self.guarantees:
-            return False
-        chosen = self.checks.get(guarantee)
-        return chosen is None or any(check_id == c or check_id.startswith(c + "[") for c in chosen)
+        return guarantee in self.guarantees and chosen_by(check_id, self.check_ids)
+
+
+def chosen_by(check_id: str, selected_checks: list[str]) -> bool:
+    """Whether a scenario is run under ``--only`` with these check IDs: every scenario of a
+    guarantee they do not name, and of a guarantee they narrow only those they name (an
+    outline's examples come with its ID)."""
+    guarantee = check_id.split("/", 1)[0]
+    narrowing = [c for c in selected_checks if c.split("/", 1)[0] == guarantee]
+    return not narrowing or any(check_id == c or check_id.startswith(c + "[") for c in narrowing)
 
 
 def select(values: list[str] | None) -> Selection:

@@ -29,6 +29,7 @@ from typing import Any
 
 import jsonschema
 
+from kfm_conformance.features import chosen_by
 from kfm_conformance.verdict import ConfigurationError
 
 BASELINE_FORMAT = 1
@@ -196,7 +197,7 @@ def gate(report: dict[str, Any], baseline: dict[str, Any], name: str) -> dict[st
         for check_id, entry in expected.items()
         if check_id not in seen
         and check_id.split("/", 1)[0] in selected
-        and _chosen(check_id, report.get("selected_checks") or [])
+        and chosen_by(check_id, report.get("selected_checks") or [])
     ]
     return {
         "baseline": name,
@@ -228,11 +229,3 @@ def gate_lines(result: dict[str, Any]) -> list[str]:
     for record in result["stale"][:30]:
         lines.append(f"  stale baseline entry (no such check ran): {record['check_id']}")
     return lines
-
-
-def _chosen(check_id: str, selected_checks: list[str]) -> bool:
-    """Whether a check of a selected guarantee was run: all of them, unless that guarantee
-    was chosen through some of its scenarios only (``--only GUARANTEE/SLUG``)."""
-    guarantee = check_id.split("/", 1)[0]
-    chosen = [c for c in selected_checks if c.split("/", 1)[0] == guarantee]
-    return not chosen or any(check_id == c or check_id.startswith(c + "[") for c in chosen)
