@@ -5,7 +5,8 @@ Each function gathers the observations one step needs (the last run, the output'
 requests the origin received, the declared exit codes) from the :class:`ScenarioContext`,
 calls the pure checks, and gives their findings to the scenario's judge. A finding is
 *independent* (``judge.apply(..., independent=True)``): the scenario goes on, so that every
-defect is reported at once. Step definitions call these, one call a step.
+defect is reported at once; only a run that sent no request ends the step that needs its
+request. Step definitions call these, one call a step.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from kfm_conformance.provenance import (
     parse_rdf,
     rdf_format,
 )
-from kfm_conformance.verdict import ConfigurationError, Finding
+from kfm_conformance.verdict import ConfigurationError, Finding, Level
 
 sys.path.insert(0, str(REPO / "reference"))
 sys.path.insert(0, str(FIXTURES))
@@ -410,6 +410,10 @@ def test_stac_item_from_pystac_and_the_reference(published: RunFacts) -> None:
             ["provenance.stac.checksum"],
         ),
         (lambda d: d["assets"]["data"].pop("file:checksum"), ["provenance.stac.checksum-present"]),
+        (  # sha-1 (multihash 0x11): a checksum the harness cannot verify is a warning
+            lambda d: d["assets"]["data"].update({"file:checksum": "1114" + "0" * 40}),
+            ["provenance.stac.checksum-algorithm"],
+        ),
     ],
 )
 def test_stac_checks_fail(change: Any, failed: list[str], published: RunFacts) -> None:
@@ -417,6 +421,9 @@ def test_stac_checks_fail(change: Any, failed: list[str], published: RunFacts) -
     change(doc)
     findings = judge_stac(doc, published.output.parent / "data.stac.json", published)
     assert _failed(findings) == failed
+    levels = {f.level for f in findings if not f.ok}
+    should = {"provenance.stac.checksum-present", "provenance.stac.checksum-algorithm"}
+    assert levels == {Level.RECOMMENDED if set(failed) <= should else Level.REQUIRED}
 
 
 def test_multihash(published: RunFacts) -> None:
