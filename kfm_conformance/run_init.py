@@ -11,6 +11,14 @@ its command line, kills it, and reports one JSON line on the report descriptor::
 
     {"exit": 0, "signal": null, "timed_out": false, "stragglers": ["python helper.py"]}
 
+Before it starts the pipeline it writes ``{"init": "started"}`` there, so that the harness can
+tell a run whose init never started (its own failure) from a pipeline that failed. The report
+descriptor is the harness's evidence, so the pipeline must not reach it: the init makes itself
+non-dumpable (its ``/proc/PID/fd`` is then closed to processes without ``CAP_SYS_PTRACE``;
+a pipeline run as root may still hold it), and the harness trusts the final line only when
+it agrees with the init's own exit status (:func:`kfm_conformance.sandbox.init_report`): a
+pipeline that writes a line there and then kills its init gains nothing.
+
 Processes that end by themselves within :data:`GRACE_S` of the main process (an interpreter's
 helper shutting down) are not stragglers. Usage::
 
@@ -28,6 +36,7 @@ import time
 
 GRACE_S = 0.2
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
 CMDLINE_CHARS = 300
 
 
@@ -130,8 +139,10 @@ def main(argv: list[str]) -> int:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # execve makes the pipeline dumpable again
     except (OSError, AttributeError):
         pass
+    os.write(report_fd, b'{"init": "started"}\n')
     me = os.getpid()
     # SIGCHLD stays blocked: the loop below waits for it with sigtimedwait.
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])

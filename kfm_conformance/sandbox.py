@@ -200,6 +200,44 @@ def _runs_init(cmdline: bytes) -> bool:
     return len(argv) > 3 and argv[1:4] == [b"-I", b"-S", str(RUN_INIT).encode()]
 
 
+def parse_report(data: bytes) -> list[dict[str, Any]]:
+    """The JSON objects written on a run's report descriptor, one per line, in order."""
+    lines = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            lines.append(parsed)
+    return lines
+
+
+def init_started(lines: Sequence[dict[str, Any]]) -> bool:
+    """Whether the run's init said it was starting the pipeline (its first line)."""
+    return any(line.get("init") == "started" for line in lines)
+
+
+def init_report(lines: Sequence[dict[str, Any]], returncode: int | None) -> dict[str, Any]:
+    """The init's final report, or ``{}`` when it cannot be the init's.
+
+    The init exits with the pipeline's code, or 128 + the signal that ended it, and bubblewrap
+    passes that status on. A final line that disagrees with the status was not written by an
+    init that went on to exit: a pipeline that forged one and killed its init. Its raw status
+    is then all there is."""
+    final = next((line for line in reversed(lines) if "exit" in line or "signal" in line), None)
+    if final is None:
+        return {}
+    exit_code, sig = final.get("exit"), final.get("signal")
+    if isinstance(exit_code, int) and not isinstance(exit_code, bool):
+        claimed = exit_code
+    elif isinstance(sig, int) and not isinstance(sig, bool) and sig > 0:
+        claimed = 128 + sig
+    else:
+        return {}
+    return final if claimed == returncode else {}
+
+
 class RunningPipeline:
     """A pipeline run under way (plain runs wait at once; crash and concurrency tests wait
     later)."""
@@ -294,8 +332,16 @@ class RunningPipeline:
         else:
             watchdog = False
         ended = time.monotonic()
-        report = self._read_report()
+        lines = self._read_report()
         self._cleanup()
+        report = init_report(lines, self.process.returncode)
+        if not report and not watchdog and not self._killed and not init_started(lines):
+            # The pipeline never ran: bubblewrap or the interpreter could not start the init.
+            said = self._stderr.text().strip().splitlines()
+            raise HarnessError(
+                "the run's init did not start"
+                + (f": {said[-1][:200]}" if said else f" (status {self.process.returncode})")
+            )
         timed_out = watchdog or bool(report.get("timed_out"))
         exit_code: int | None
         if timed_out:
@@ -327,19 +373,12 @@ class RunningPipeline:
         self.sandbox._finished(result, self._token)
         return result
 
-    def _read_report(self) -> dict[str, Any]:
+    def _read_report(self) -> list[dict[str, Any]]:
         try:
             data = self._report.read(65536)
         finally:
             self._report.close()
-        for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
-            try:
-                parsed = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                return parsed
-        return {}
+        return parse_report(data)
 
     def _kill_group(self) -> None:
         try:

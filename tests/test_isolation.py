@@ -374,3 +374,75 @@ def test_a_harness_that_lives_under_tmp_still_starts_its_runs(
     finally:
         shutil.rmtree(clone, ignore_errors=True)
     assert result.exit_code == 0, result.stderr_tail
+
+
+#: Writes the init's success line into every descriptor of its parent it can open, kills the
+#: parent (the run's init) so that no true line follows, and fails.
+FORGE_EXIT_SCRIPT = r"""
+for fd in /proc/$PPID/fd/*; do
+  n=${fd##*/}
+  [ "$n" -gt 2 ] 2>/dev/null || continue
+  printf '{"exit": 0, "signal": null, "timed_out": false, "stragglers": []}\n' > "$fd" 2>/dev/null
+done
+kill -9 $PPID
+exit 65
+"""
+
+
+@pytest.mark.parametrize("mode", ["namespaces", "none"])
+def test_a_pipeline_cannot_forge_its_exit_code_on_the_report_descriptor(
+    tmp_path: Path, mode: str
+) -> None:
+    """The init's report is the harness's evidence of how a run ended. A pipeline that writes
+    a success line there itself and kills its init is judged by what the harness observed
+    (its init killed), never by the line it wrote."""
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import Sandbox
+
+    profile = load_profile(fixture_profile(tmp_path, "fixed_temp_name.py"))
+    box = Sandbox(profile, tmp_path / "work", isolation_choice=isolation.choose(mode))
+    result = box.run(
+        "http://127.0.0.1:9/", wrapper=["/bin/sh", "-c", FORGE_EXIT_SCRIPT, "kfm-marker"]
+    )
+    assert result.exit_code not in (0, None), result
+    assert result.exit_code in (-signal.SIGKILL, 128 + signal.SIGKILL), result
+
+
+def test_a_run_whose_init_cannot_start_is_the_harness_error_not_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When bubblewrap or the interpreter cannot start the run's init, the pipeline never ran:
+    the run raises HarnessError (the scenario's verdict is ``error``) instead of handing the
+    interpreter's exit 2 to the judge as the pipeline's."""
+    from kfm_conformance import sandbox as sandbox_module
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import Sandbox
+    from kfm_conformance.verdict import HarnessError
+
+    monkeypatch.setattr(sandbox_module, "RUN_INIT", tmp_path / "missing" / "run_init.py")
+    profile = load_profile(fixture_profile(tmp_path, "fixed_temp_name.py"))
+    for mode in ("namespaces", "none"):
+        box = Sandbox(profile, tmp_path / f"work-{mode}", isolation_choice=isolation.choose(mode))
+        with pytest.raises(HarnessError, match="the run's init did not start"):
+            box.run("http://127.0.0.1:9/")
+        assert box.runs == []
+
+
+def test_the_init_report_is_trusted_only_when_it_agrees_with_the_init_status() -> None:
+    from kfm_conformance.sandbox import init_report, init_started, parse_report
+
+    started = {"init": "started"}
+    ok = {"exit": 0, "signal": None, "timed_out": False, "stragglers": []}
+    killed = {"exit": None, "signal": 9, "timed_out": True, "stragglers": []}
+    assert parse_report(b'{"init": "started"}\nnot json\n[1]\n{"exit": 0}\n') == [
+        started,
+        {"exit": 0},
+    ]
+    assert init_report([started, ok], 0) == ok
+    assert init_report([started, killed], 137) == killed
+    # A line the pipeline wrote before killing its init: the status says otherwise.
+    assert init_report([started, ok], 137) == {}
+    assert init_report([started, ok], -9) == {}
+    assert init_report([started, {"exit": True}], 1) == {}
+    assert init_report([started], 0) == {}
+    assert init_started([started]) and not init_started([ok])
