@@ -367,16 +367,25 @@ def _asked(origin: Origin, before: int, running: RunningPipeline) -> bool:
 
 
 def _wait_all(running: list[RunningPipeline]) -> list[RunResult]:
+    """Every run's result; a run that could not be waited for (the harness's own failure,
+    such as an init that never started) raises here, once all of them have ended, instead
+    of vanishing in its thread and leaving the judge fewer runs than were started."""
     results: list[RunResult | None] = [None] * len(running)
+    raised: list[BaseException] = []
 
     def wait(index: int) -> None:
-        results[index] = running[index].wait()
+        try:
+            results[index] = running[index].wait()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            raised.append(exc)
 
     threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(running))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if raised:
+        raise raised[0]
     return [r for r in results if r is not None]
 
 
