@@ -7,7 +7,10 @@
   everywhere except the run's working directory, a private ``/tmp`` (also its ``HOME``) and
   the paths the profile declares writable, and the shared network (the origin, the capture
   sinks and the real services listen on 127.0.0.1). When the run's main process exits, the
-  namespace ends and the kernel kills whatever the run left behind.
+  namespace ends and the kernel kills whatever the run left behind. The run holds no
+  capability (``--cap-drop ALL``): started by a root harness it would otherwise keep them,
+  and with ``CAP_SYS_ADMIN`` remount its read-only root file system writable and write
+  anywhere on the host; with ``CAP_SYS_PTRACE`` open its init's report pipe.
 - ``none``: the run is a plain child process. Certificates say "unisolated".
 - ``auto``: ``namespaces`` where the kernel allows them, else ``none`` with one line saying
   why and how to enable them.
@@ -122,7 +125,7 @@ def _base_argv(
         argv += ["--bind", str(path), str(path)]
     if workdir != Path("/"):
         argv += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
-    argv += ["--unshare-pid", "--die-with-parent", "--new-session"]
+    argv += ["--unshare-pid", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     return argv
 
 
