@@ -60,6 +60,9 @@ def test_another_worker_reads_the_result_back(
     run_id = f"test{tmp_path.name}".replace("_", "")
     monkeypatch.setenv(campaign_cache.RUN_ID_ENV, run_id)
     monkeypatch.setattr(campaign_cache, "_memory", {})
+    # The shared directory lives in the temp dir: this test's own, not the machine's /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     shared_campaign("k2", "scenario A", result)
     program = (
         "from kfm_conformance.faults.campaign_cache import shared_campaign\n"
