@@ -14,10 +14,11 @@ its command line, kills it, and reports one JSON line on the report descriptor::
 Before it starts the pipeline it writes ``{"init": "started"}`` there, so that the harness can
 tell a run whose init never started (its own failure) from a pipeline that failed. The report
 descriptor is the harness's evidence, so the pipeline must not reach it: the init makes itself
-non-dumpable (its ``/proc/PID/fd`` is then closed to processes without ``CAP_SYS_PTRACE``;
-a pipeline run as root may still hold it), and the harness trusts the final line only when
-it agrees with the init's own exit status (:func:`kfm_conformance.sandbox.init_report`): a
-pipeline that writes a line there and then kills its init gains nothing.
+non-dumpable (its ``/proc/PID/fd`` is then closed to processes without ``CAP_SYS_PTRACE``,
+which a contained run never holds; an unisolated pipeline run as root does), and the harness
+trusts the final line only when it agrees with the init's own exit status
+(:func:`kfm_conformance.sandbox.init_report`): a pipeline that writes a line there and then
+kills its init gains nothing.
 
 Processes that end by themselves within :data:`GRACE_S` of the main process (an interpreter's
 helper shutting down) are not stragglers. Usage::

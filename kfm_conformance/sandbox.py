@@ -214,7 +214,7 @@ def parse_report(data: bytes) -> list[dict[str, Any]]:
 
 
 def init_started(lines: Sequence[dict[str, Any]]) -> bool:
-    """Whether the run's init said it was starting the pipeline (its first line)."""
+    """Whether the run's init said it was starting the pipeline (it does before the fork)."""
     return any(line.get("init") == "started" for line in lines)
 
 
@@ -350,7 +350,7 @@ class RunningPipeline:
             exit_code = report.get("exit")
             if exit_code is None and report.get("signal"):
                 exit_code = -int(report["signal"])
-        else:  # the init died without reporting: the raw status is all there is
+        else:  # the init died without a report it could have written: only the raw status
             exit_code = self.process.returncode
         result = RunResult(
             label=self.label,
