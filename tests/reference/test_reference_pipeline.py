@@ -723,8 +723,14 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.skipif(not _have("openlineage.client"), reason="openlineage-python not installed")
-def test_openlineage_start_and_one_terminal_event(origin: Origin, tmp_path: Path) -> None:
+def test_openlineage_start_and_one_terminal_event(
+    origin: Origin, tmp_path: Path, openlineage_schema_dir: Path
+) -> None:
+    """The reference builds its run events itself: each is valid for openlineage-python's
+    model (the main job's validator) and for the official JSON Schemas."""
+    from kfm_conformance.capture.olmodel import default_model
+    from kfm_conformance.capture.olschema import OpenLineageSchemas
+
     origin.route("/data", conditional(etag='"v1"'))
     env = {"OPENLINEAGE_URL": origin.base, "OPENLINEAGE_NAMESPACE": "kfm-test"}
     assert run(tmp_path, origin.url(), **env).returncode == 0
@@ -740,6 +746,11 @@ def test_openlineage_start_and_one_terminal_event(origin: Origin, tmp_path: Path
         "START",
         "FAIL",
     ]
+    validators = (default_model(), OpenLineageSchemas(openlineage_schema_dir))
+    for event in events:
+        for validator in validators:
+            problems = validator.validate(event)
+            assert problems == [], (validator.describe(), [p.message for p in problems])
     for start, end in zip(events[::2], events[1::2], strict=True):
         assert start["run"]["runId"] == end["run"]["runId"]
         assert (end["job"]["namespace"], end["job"]["name"]) == ("kfm-test", "kfm-reference-ingest")
