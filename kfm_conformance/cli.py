@@ -58,6 +58,38 @@ EXIT_CERTIFIED = 0
 EXIT_NOT_CERTIFIED = 1
 EXIT_USAGE = 2
 
+#: Environment variable with the default for ``--jobs`` (a number or ``auto``).
+JOBS_ENV = "KFM_JOBS"
+#: ``--jobs auto`` starts one worker per usable CPU, up to this many: a certification has about
+#: a hundred scenarios, and each worker costs a second to start.
+MAX_AUTO_JOBS = 8
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_jobs(text: str | int) -> int:
+    """``--jobs``: a whole number of at least 1, or ``auto``."""
+    if isinstance(text, int):
+        value = text
+    elif text.strip().lower() == "auto":
+        return min(usable_cpus(), MAX_AUTO_JOBS)
+    else:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigurationError(
+                f"--jobs: {text!r} is neither a number nor auto (default from ${JOBS_ENV})"
+            ) from None
+    if value < 1:
+        raise ConfigurationError("--jobs: must be at least 1")
+    return value
+
 
 def _positive_seconds(text: str) -> float:
     """A finite, positive number of seconds (argparse's float takes nan and inf)."""
@@ -95,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(guarantees.IDS)
         + ") or scenarios, by check ID (GUARANTEE/SLUG, the @id: tag of features/)",
     )
-    certify.add_argument("-j", "--jobs", type=int, default=1, help="scenarios run in parallel")
+    certify.add_argument(
+        "-j",
+        "--jobs",
+        default=os.environ.get(JOBS_ENV) or "auto",
+        help=f"scenarios run in parallel: a number, or auto (one per usable CPU, at most "
+        f"{MAX_AUTO_JOBS}); default ${JOBS_ENV}, else auto",
+    )
     certify.add_argument(
         "--strict", action="store_true", help="recommended checks fail instead of warning"
     )
@@ -252,8 +290,7 @@ def certify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigurationError(f"--only: {exc}") from None
     selected = selection.guarantees
-    if args.jobs < 1:
-        raise ConfigurationError("--jobs: must be at least 1")
+    args.jobs = parse_jobs(args.jobs)
     schema_cache = schema_cache_provenance(args.openlineage_schemas)
     sign_key = None
     if args.sign_key:
@@ -280,7 +317,8 @@ def certify(args: argparse.Namespace) -> int:
     log_path = report_dir / "pytest.log"
     mode = "isolated" if choice.isolated else "unisolated"
     print(
-        f"certifying {profile.name} ({len(selected)} guarantees, seed {seed}, {mode})",
+        f"certifying {profile.name} ({len(selected)} guarantees, seed {seed}, {mode}, "
+        f"{args.jobs} at a time)",
         file=sys.stderr,
     )
     stall = args.stall_timeout or max(1200.0, 10 * profile.timeout_s)

@@ -20,6 +20,10 @@ OPENLINEAGE_SPEC = REPO.parent / "shared" / "openlineage-spec"
 
 pytest_plugins = ["pytester"]
 
+# The suite runs under ``pytest -n 2``: a certification it starts without ``-j`` runs one
+# scenario at a time, so that two of them never run four scenarios on two cores.
+os.environ.setdefault("KFM_JOBS", "1")
+
 
 def fixture_profile(
     tmp_path: Path, script: str, *, base: str = "profile.toml", **overrides: Any

@@ -92,6 +92,34 @@ def test_usage_error_is_one_line(tmp_path: Path) -> None:
     assert _one_line(err) == "kfm-conformance: unrecognized arguments: -o out"
 
 
+@pytest.mark.parametrize(
+    ("option", "env", "says"),
+    [
+        (["-j", "two"], {}, "--jobs: 'two' is neither a number nor auto (default from $KFM_JOBS)"),
+        (["-j", "0"], {}, "--jobs: must be at least 1"),
+        ([], {"KFM_JOBS": "-3"}, "--jobs: must be at least 1"),
+    ],
+)
+def test_bad_jobs_is_one_line_and_exit_2(
+    tmp_path: Path, option: list[str], env: dict[str, str], says: str
+) -> None:
+    code, _, err = certify("certify", "--profile", str(_profile(tmp_path, GOOD)), *option, env=env)
+    assert code == 2
+    assert _one_line(err) == f"kfm-conformance: {says}"
+
+
+def test_jobs_auto_is_one_per_usable_cpu_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kfm_conformance import cli
+
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+    assert cli.parse_jobs("auto") == 2
+    assert cli.parse_jobs(" AUTO ") == 2
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 64)
+    assert cli.parse_jobs("auto") == cli.MAX_AUTO_JOBS
+    assert cli.parse_jobs("12") == 12
+    assert cli.parse_jobs(3) == 3
+
+
 def test_hanging_pipeline_fails_at_its_timeout_with_evidence(tmp_path: Path) -> None:
     sleeper = "import time; print('working', flush=True); time.sleep(600)"
     text = GOOD.replace('"-c", "pass"', f'"-c", "{sleeper}"')
