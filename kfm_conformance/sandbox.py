@@ -20,6 +20,7 @@ and after the reap, so every request a run sends falls inside its window.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -193,6 +194,28 @@ def _host_children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _host_descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of any of its threads), parents before children."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children: list[int] = []
+        for parent in frontier:
+            try:
+                tasks = os.listdir(f"/proc/{parent}/task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    text = Path(f"/proc/{parent}/task/{task}/children").read_text()
+                except OSError:
+                    continue
+                children += [int(p) for p in text.split() if int(p) not in found]
+        found += children
+        frontier = children
+    return found
+
+
 def _runs_init(cmdline: bytes) -> bool:
     """Whether a process's command line is :mod:`run_init` itself, not a process (bubblewrap)
     that merely names it among its arguments."""
@@ -315,6 +338,18 @@ class RunningPipeline:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def kill_below_wrapper_first(self, also: Sequence[int] = ()) -> None:
+        """``SIGKILL`` the run for a crash test when a wrapper (strace) holds one of its calls:
+        first ``also`` (host PIDs outside the run, e.g. a warm Airflow worker) and every
+        process below the wrapper, then the wrapper's process group. A tracer that dies lets
+        the calls it holds go on; a process killed while it is held never makes its call."""
+        self._killed = True
+        wrapper = self.pid
+        for pid in [*also, *_host_descendants(wrapper)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.kill(signal.SIGKILL)
 
     def wait(self) -> RunResult:
         """Wait for the run to end (its init enforces the bound; a watchdog backs it up)."""

@@ -7,7 +7,8 @@ The pipeline is a black box. The harness observes what it does to the file syste
 - :mod:`.strace` probes whether ``strace`` works here, builds its command lines and parses its
   output into typed system-call records;
 - :mod:`.crash` enumerates crash points from the trace of one publishing run and kills the
-  pipeline at each of them (``SIGKILL`` injected by ``strace`` at the chosen system call), then
+  pipeline at each of them (``strace`` holds the chosen system call on entry, the harness sends
+  ``SIGKILL`` to the run), then
   checks the crash-consistency oracle; it also kills runs at seeded random moments, which needs
   no ``strace``;
 - :mod:`.ioerror` makes one chosen ``write``, ``fsync`` or ``rename`` fail with ``ENOSPC`` or

@@ -6,7 +6,12 @@ truncate, writes, ``fsync``/``fdatasync``, renames, unlinks, truncates (reads, `
 ``/tmp``, site-packages, pipes and sockets are ignored because they are outside the working
 directory). The **crash points** are every rename, sync, create/truncate and unlink, plus the
 first, middle and last write of each file. A crash "at" a step is ``SIGKILL`` on entry to it:
-every earlier step has happened, the step itself has not.
+every earlier step has happened, the step itself has not. strace holds the call on entry
+(``delay_enter``); the harness reads the growing trace, sees the call entered and kills the
+whole run (:func:`record_killed_at`). A process killed while the kernel holds it on entry to
+a traced call never executes that call (the kernel skips a traced call when a fatal signal is
+pending), and strace cannot let it go first: strace dies of the same signal, sent to the
+run's process group at once.
 
 How a kill is aimed. strace counts ``when=N`` per system call *and per tracee* (see
 :mod:`.strace`), so the harness aims at the step's own per-thread ordinal, unless another
@@ -60,6 +65,7 @@ from kfm_conformance import outputs
 from kfm_conformance.faults import strace
 from kfm_conformance.faults.requests import request_of_run
 from kfm_conformance.faults.strace import Syscall, Trace
+from kfm_conformance.isolation import Isolation
 from kfm_conformance.profile import Profile
 from kfm_conformance.sandbox import FileState, RunResult, Sandbox, file_state
 from kfm_conformance.upstream import Origin, Resource
@@ -230,6 +236,73 @@ def record(
         wrapper=strace.wrapper(trace_file, inject=inject, paths=paths),
     )
     return Recording(label, sandbox, result, strace.read_trace(trace_file, sandbox.workdir))
+
+
+#: How often the harness reads a frozen run's trace for the call it holds (seconds).
+WATCH_POLL_S = 0.001
+
+
+def record_killed_at(
+    sandbox: Sandbox,
+    url: str,
+    trace_dir: Path,
+    *,
+    label: str,
+    syscall: str,
+    ordinal: int,
+    extra_env: dict[str, str] | None = None,
+) -> Recording:
+    """Run the pipeline under strace, hold its ``ordinal``-th ``syscall`` on entry
+    (:func:`.strace.freeze_at`) and ``SIGKILL`` the run as soon as the trace shows that call
+    entered: the call never executes, every earlier one has. A run that ends without reaching
+    the call ends by itself, as with ``signal=SIGKILL`` injection."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    trace_file = trace_dir / f"{sandbox.workdir.name}-{len(sandbox.runs) + 1}.trace"
+    running = sandbox.start(
+        url,
+        label=label,
+        extra_env=extra_env,
+        wrapper=strace.wrapper(trace_file, inject=[strace.freeze_at(syscall, ordinal)]),
+    )
+    watch = strace.EntryWatch(syscall, ordinal)
+    try:
+        with _Growing(trace_file) as trace:
+            while running.process.poll() is None:
+                if watch.feed(trace.read_new()):
+                    # Unisolated, strace names host PIDs: the held process itself goes first
+                    # (a warm Airflow worker is outside the run's process tree).
+                    unisolated = sandbox.isolation.mode is Isolation.NONE
+                    held = [watch.entered_by] if unisolated and watch.entered_by else []
+                    running.kill_below_wrapper_first(also=held)
+                    break
+                time.sleep(WATCH_POLL_S)
+    finally:
+        result = running.wait()
+    return Recording(label, sandbox, result, strace.read_trace(trace_file, sandbox.workdir))
+
+
+class _Growing:
+    """A file another process is still writing: each read returns what was added since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> _Growing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def read_new(self) -> bytes:
+        if self._handle is None:
+            try:
+                self._handle = self.path.open("rb")
+            except FileNotFoundError:
+                return b""
+        data: bytes = self._handle.read()
+        return data
 
 
 @dataclass(frozen=True)
@@ -846,13 +919,14 @@ class CrashCampaign:
     # -- one crash ---------------------------------------------------------------------------
     def _strace_point(self, lane: _Worker, point: CrashPoint) -> PointResult:
         box = self._fresh(lane)
-        recording = record(
+        recording = record_killed_at(
             box,
             lane.origin.url,
             self._trace_dir,
             label=f"crash {point.label()}",
+            syscall=point.site.syscall,
+            ordinal=point.site.ordinal,
             extra_env=self.extra_env,
-            inject=[strace.kill_at(point.site.syscall, point.site.ordinal)],
         )
         steps_done = sum(1 for s in recording.steps if s.finished)
         hit = [

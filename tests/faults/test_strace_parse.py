@@ -5,8 +5,11 @@ live trace where strace works (marker ``faults``)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,11 +254,79 @@ def test_when_counts_per_thread(tmp_path: Path) -> None:
     assert (tmp_path / "a.tmp").read_bytes() == b"aa"
 
 
-def test_only_recordings_are_filtered_in_the_kernel(tmp_path: Path) -> None:
-    """``--seccomp-bpf`` (where strace supports it) speeds up recordings only: under it strace
-    6.1 miscounts ``when=`` and drops ``signal=`` injections, so an injected run is not
-    filtered."""
-    plain = strace.wrapper(tmp_path / "t")
-    injected = strace.wrapper(tmp_path / "t", inject=[strace.kill_at("write", 1)])
-    assert ("--seccomp-bpf" in plain) == strace.probe().seccomp
-    assert "--seccomp-bpf" not in injected
+def _frozen_and_killed(tmp_path: Path, name: str, ordinal: int) -> tuple[int, Path, bool]:
+    """Run PROGRAM with ``freeze_at(name, ordinal)``, kill its process group as soon as the
+    growing trace shows the frozen call entered; (exit status, trace file, seen)."""
+    trace_file = tmp_path.parent / f"{tmp_path.name}.trace"
+    argv = [*strace.wrapper(trace_file, inject=[strace.freeze_at(name, ordinal)])]
+    argv += [sys.executable, "-c", PROGRAM]
+    process = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True)
+    watch = strace.EntryWatch(name, ordinal)
+    seen = False
+    deadline = time.monotonic() + 30
+    offset = 0
+    while process.poll() is None and time.monotonic() < deadline:
+        data = trace_file.read_bytes()[offset:] if trace_file.exists() else b""
+        offset += len(data)
+        if watch.feed(data):
+            seen = True
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    return process.wait(timeout=30), trace_file, seen
+
+
+@pytest.mark.faults
+@needs_strace
+def test_a_frozen_call_killed_by_the_harness_never_executes(tmp_path: Path) -> None:
+    """The crash campaign's kill: strace holds the worker's own third write on entry (under
+    the kernel filter where strace has it), the harness kills the run, and that write never
+    happened, though the process's third write was the worker's first."""
+    status, trace_file, seen = _frozen_and_killed(tmp_path, "write", 3)
+    assert seen and status == -9
+    trace = strace.read_trace(trace_file, tmp_path)
+    (cut,) = [c for c in trace.cut_off() if c.name == "write"]
+    assert cut.path == str(tmp_path / "b.txt") and cut.ordinal == 3
+    assert (tmp_path / "b.txt").read_bytes() == b"bb"
+    assert (tmp_path / "a.tmp").read_bytes() == b"aa"
+    assert not (tmp_path / "a.txt").exists()
+
+
+@pytest.mark.faults
+@needs_strace
+def test_an_error_is_counted_per_thread_under_the_kernel_filter(tmp_path: Path) -> None:
+    """``error=`` at ``when=3`` fails the worker's own third write in an injected run that the
+    kernel filters (where strace supports it), as it does without the filter."""
+    done, trace_file = _traced(tmp_path, strace.fail_at("write", "EIO", 3))
+    assert done.returncode != 0
+    failed = strace.read_trace(trace_file, tmp_path).injected()
+    assert failed, "no call failed"
+    assert failed[0].path == str(tmp_path / "b.txt") and failed[0].ordinal == 3
+    assert all(c.ordinal == 3 and c.errno == "EIO" for c in failed)  # each tracee's third
+    assert (tmp_path / "b.txt").read_bytes() == b"bb"
+
+
+def test_only_signal_injections_go_without_the_kernel_filter(tmp_path: Path) -> None:
+    """``--seccomp-bpf`` (where strace supports it) filters recordings, freezes, errors and
+    delays; strace 6.1 drops a ``signal=`` injection under it, so such a run is not filtered."""
+    seccomp = strace.probe().seccomp
+    for inject in ([], [strace.freeze_at("write", 1)], [strace.fail_at("write", "EIO", 2)]):
+        assert ("--seccomp-bpf" in strace.wrapper(tmp_path / "t", inject=inject)) == seccomp
+    killed = strace.wrapper(tmp_path / "t", inject=[strace.kill_at("write", 1)])
+    assert "--seccomp-bpf" not in killed
+
+
+def test_the_entry_watch_finds_the_frozen_call_of_any_one_tracee() -> None:
+    """Entries are counted per tracee; the frozen call is seen as the unterminated last line
+    or as an unfinished line; resumed lines, signals and exits are not entries."""
+    watch = strace.EntryWatch("write", 2)
+    assert not watch.feed(b'10 write(3</w/a>, "a", 1) = 1\n11 write(4</w/b>, "b", 1')
+    assert not watch.feed(b' <unfinished ...>\n10 openat(AT_FDCWD</w>, "x", O_RDONLY) = 5\n')
+    assert not watch.feed(b"11 <... write resumed>) = 1\n12 --- SIGCHLD ---\n")
+    assert not watch.feed(b"12 +++ exited with 0 +++\n")
+    assert not watch.feed(b"10 wri")
+    assert watch.feed(b'te(3</w/a>, "a", 1')  # tracee 10's second write, held on entry
+    assert watch.counts == {10: 1, 11: 1} and watch.entered_by == 10
+    unfinished = strace.EntryWatch("rename", 1)
+    assert not unfinished.feed(b'7 renameat(AT_FDCWD</w>, "a", AT_FDCWD</w>, "b") = 0\n')
+    assert unfinished.feed(b'8 rename("a.tmp", "a.txt" <unfinished ...>\n9 write(1, "", 0) = 0\n')
