@@ -210,11 +210,6 @@ def wrapper(
     return argv
 
 
-def kill_at(name: str, ordinal: int) -> str:
-    """Inject ``SIGKILL`` on entry to the ``ordinal``-th ``name`` call (of each tracee)."""
-    return f"{name}:signal=SIGKILL:when={ordinal}"
-
-
 #: How long a frozen call waits on entry (:func:`freeze_at`): far longer than the harness takes
 #: to see it and kill the run, and than any run's bound, so it never resumes by itself.
 FREEZE_S = 3600
@@ -224,8 +219,9 @@ _FREEZE = f":delay_enter={FREEZE_S}s"
 def freeze_at(name: str, ordinal: int) -> str:
     """Hold the ``ordinal``-th ``name`` call (of each tracee) on entry, before it executes, for
     :data:`FREEZE_S`: the harness sees its entry in the trace (:class:`EntryWatch`) and kills
-    the run there. The same crash as :func:`kill_at`, with the kernel filtering the traced
-    calls (``--seccomp-bpf``, which drops ``signal=``): a traced run costs about a quarter."""
+    the run there. The same crash as a ``signal=SIGKILL`` injection, but with the kernel
+    filtering the traced calls (``--seccomp-bpf``, under which strace drops ``signal=``): a
+    traced run costs about a quarter."""
     return f"{name}:when={ordinal}{_FREEZE}"
 
 

@@ -240,20 +240,6 @@ def test_a_live_trace_parses(tmp_path: Path) -> None:
     assert sum(1 for name, shown in kinds if name == "write" and shown == "write(b.txt)") == 3
 
 
-@pytest.mark.faults
-@needs_strace
-def test_when_counts_per_thread(tmp_path: Path) -> None:
-    """The main thread writes twice, then a worker three times: the process's third write is
-    the worker's first, yet a kill at ``when=3`` lands on the worker's own third write."""
-    done, trace_file = _traced(tmp_path, strace.kill_at("write", 3))
-    assert done.returncode == -9
-    trace = strace.read_trace(trace_file, tmp_path)
-    (cut,) = [c for c in trace.cut_off() if c.name == "write"]
-    assert cut.path == str(tmp_path / "b.txt") and cut.ordinal == 3
-    assert (tmp_path / "b.txt").read_bytes() == b"bb"
-    assert (tmp_path / "a.tmp").read_bytes() == b"aa"
-
-
 def _frozen_and_killed(tmp_path: Path, name: str, ordinal: int) -> tuple[int, Path, bool]:
     """Run PROGRAM with ``freeze_at(name, ordinal)``, kill its process group as soon as the
     growing trace shows the frozen call entered; (exit status, trace file, seen)."""
@@ -312,7 +298,7 @@ def test_only_signal_injections_go_without_the_kernel_filter(tmp_path: Path) -> 
     seccomp = strace.probe().seccomp
     for inject in ([], [strace.freeze_at("write", 1)], [strace.fail_at("write", "EIO", 2)]):
         assert ("--seccomp-bpf" in strace.wrapper(tmp_path / "t", inject=inject)) == seccomp
-    killed = strace.wrapper(tmp_path / "t", inject=[strace.kill_at("write", 1)])
+    killed = strace.wrapper(tmp_path / "t", inject=["write:signal=SIGKILL:when=1"])
     assert "--seccomp-bpf" not in killed
 
 
