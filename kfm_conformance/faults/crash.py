@@ -10,8 +10,8 @@ every earlier step has happened, the step itself has not. strace holds the call 
 (``delay_enter``); the harness reads the growing trace, sees the call entered and kills the
 whole run (:func:`record_killed_at`). A process killed while the kernel holds it on entry to
 a traced call never executes that call (the kernel skips a traced call when a fatal signal is
-pending), and strace cannot let it go first: strace dies of the same signal, sent to the
-run's process group at once.
+pending). A tracer that dies first would let the call go on, so the held process and every
+process below strace get the signal before strace's process group does.
 
 How a kill is aimed. strace counts ``when=N`` per system call *and per tracee* (see
 :mod:`.strace`), so the harness aims at the step's own per-thread ordinal, unless another
@@ -279,6 +279,27 @@ def record_killed_at(
     finally:
         result = running.wait()
     return Recording(label, sandbox, result, strace.read_trace(trace_file, sandbox.workdir))
+
+
+def kill_landing(
+    trace: Trace, result: RunResult, point: CrashPoint, workdir: Path
+) -> tuple[bool, str]:
+    """Whether a kill landed where it was aimed, from the killed run's own trace, and where it
+    landed: the aimed call never returned and exactly ``point.index`` steps had completed. A
+    held call that the run's timeout ended was never seen entered by the harness, so that
+    kill did not land as aimed, whatever the trace shows."""
+    steps_done = sum(1 for s in trace.steps_within(workdir) if s.finished)
+    hit = [
+        c
+        for c in trace.cut_off()
+        if c.name == point.site.syscall and c.ordinal == point.site.ordinal
+    ]
+    if not hit:
+        return False, f"not reached: the run exited {result.exit_code}"
+    shown = hit[0].describe(workdir)
+    if result.timed_out:
+        return False, f"{shown} held until the run's timeout (the harness never saw it)"
+    return steps_done == point.index, f"{shown} after {steps_done} steps"
 
 
 class _Growing:
@@ -929,16 +950,7 @@ class CrashCampaign:
             extra_env=self.extra_env,
         )
         steps_done = sum(1 for s in recording.steps if s.finished)
-        hit = [
-            c
-            for c in recording.trace.cut_off()
-            if c.name == point.site.syscall and c.ordinal == point.site.ordinal
-        ]
-        landed = bool(hit) and steps_done == point.index
-        if hit:
-            where = f"{hit[0].describe(box.workdir)} after {steps_done} steps"
-        else:
-            where = f"not reached: the run exited {recording.result.exit_code}"
+        landed, where = kill_landing(recording.trace, recording.result, point, box.workdir)
         return self._judge(
             lane,
             box,

@@ -316,3 +316,33 @@ def test_the_entry_watch_finds_the_frozen_call_of_any_one_tracee() -> None:
     unfinished = strace.EntryWatch("rename", 1)
     assert not unfinished.feed(b'7 renameat(AT_FDCWD</w>, "a", AT_FDCWD</w>, "b") = 0\n')
     assert unfinished.feed(b'8 rename("a.tmp", "a.txt" <unfinished ...>\n9 write(1, "", 0) = 0\n')
+
+
+def test_a_kill_lands_only_where_it_was_aimed_and_by_the_harness() -> None:
+    """The campaign's landing check, from a killed run's trace: the aimed call cut off after
+    exactly the expected steps; a held call that only the run's timeout ended did not land."""
+    from kfm_conformance.faults.crash import CrashPoint, KillSite, kill_landing
+    from kfm_conformance.sandbox import RunResult
+
+    trace = parse_trace(
+        '9 openat(AT_FDCWD</w>, "x.tmp", O_WRONLY|O_CREAT|O_TRUNC, 0644) = 3</w/x.tmp>\n'
+        '9 write(3</w/x.tmp>, "aa", 2) = 2\n'
+        '9 write(3</w/x.tmp>, "bb", 2',
+        "/w",
+    )
+
+    def run(*, timed_out: bool) -> RunResult:
+        exit_code = None if timed_out else -9
+        return RunResult("crash", [], exit_code, timed_out, 0.1, "", "", 0.0, 0.1)
+
+    def point(index: int, ordinal: int) -> CrashPoint:
+        site = KillSite("write", ordinal, exact=True)
+        return CrashPoint(index, "write(x.tmp)", "last write", "x.tmp", site)
+
+    landed, where = kill_landing(trace, run(timed_out=False), point(2, 2), Path("/w"))
+    assert landed and where == "write(x.tmp) after 2 steps"
+    assert not kill_landing(trace, run(timed_out=False), point(1, 2), Path("/w"))[0]
+    landed, where = kill_landing(trace, run(timed_out=True), point(2, 2), Path("/w"))
+    assert not landed and "held until the run's timeout" in where
+    landed, where = kill_landing(trace, run(timed_out=False), point(3, 3), Path("/w"))
+    assert not landed and where == "not reached: the run exited -9"
