@@ -215,6 +215,12 @@ class Recording:
         return [step.describe(self.sandbox.workdir) for step in self.steps]
 
 
+def _next_trace_file(sandbox: Sandbox, trace_dir: Path) -> Path:
+    """Where the trace of the sandbox's next run goes."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    return trace_dir / f"{sandbox.workdir.name}-{len(sandbox.runs) + 1}.trace"
+
+
 def record(
     sandbox: Sandbox,
     url: str,
@@ -227,8 +233,7 @@ def record(
 ) -> Recording:
     """Run the pipeline once under strace (optionally injecting, optionally tracing only the
     calls that touch ``paths``) and parse the trace."""
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    trace_file = trace_dir / f"{sandbox.workdir.name}-{len(sandbox.runs) + 1}.trace"
+    trace_file = _next_trace_file(sandbox, trace_dir)
     result = sandbox.run(
         url,
         label=label,
@@ -256,8 +261,7 @@ def record_killed_at(
     (:func:`.strace.freeze_at`) and ``SIGKILL`` the run as soon as the trace shows that call
     entered: the call never executes, every earlier one has. A run that ends without reaching
     the call ends by itself, as with ``signal=SIGKILL`` injection."""
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    trace_file = trace_dir / f"{sandbox.workdir.name}-{len(sandbox.runs) + 1}.trace"
+    trace_file = _next_trace_file(sandbox, trace_dir)
     running = sandbox.start(
         url,
         label=label,
@@ -282,13 +286,13 @@ def record_killed_at(
 
 
 def kill_landing(
-    trace: Trace, result: RunResult, point: CrashPoint, workdir: Path
+    trace: Trace, result: RunResult, point: CrashPoint, workdir: Path, steps_done: int
 ) -> tuple[bool, str]:
-    """Whether a kill landed where it was aimed, from the killed run's own trace, and where it
-    landed: the aimed call never returned and exactly ``point.index`` steps had completed. A
-    held call that the run's timeout ended was never seen entered by the harness, so that
-    kill did not land as aimed, whatever the trace shows."""
-    steps_done = sum(1 for s in trace.steps_within(workdir) if s.finished)
+    """Whether a kill landed where it was aimed, from the killed run's own trace (which had
+    completed ``steps_done`` steps), and where it landed: the aimed call never returned and
+    exactly ``point.index`` steps had completed. A held call that the run's timeout ended was
+    never seen entered by the harness, so that kill did not land as aimed, whatever the trace
+    shows."""
     hit = [
         c
         for c in trace.cut_off()
@@ -950,7 +954,9 @@ class CrashCampaign:
             extra_env=self.extra_env,
         )
         steps_done = sum(1 for s in recording.steps if s.finished)
-        landed, where = kill_landing(recording.trace, recording.result, point, box.workdir)
+        landed, where = kill_landing(
+            recording.trace, recording.result, point, box.workdir, steps_done
+        )
         return self._judge(
             lane,
             box,

@@ -335,14 +335,18 @@ def test_a_kill_lands_only_where_it_was_aimed_and_by_the_harness() -> None:
         exit_code = None if timed_out else -9
         return RunResult("crash", [], exit_code, timed_out, 0.1, "", "", 0.0, 0.1)
 
+    def landing(result: RunResult, aimed: CrashPoint) -> tuple[bool, str]:
+        done = sum(1 for s in trace.steps_within(Path("/w")) if s.finished)
+        return kill_landing(trace, result, aimed, Path("/w"), done)
+
     def point(index: int, ordinal: int) -> CrashPoint:
         site = KillSite("write", ordinal, exact=True)
         return CrashPoint(index, "write(x.tmp)", "last write", "x.tmp", site)
 
-    landed, where = kill_landing(trace, run(timed_out=False), point(2, 2), Path("/w"))
+    landed, where = landing(run(timed_out=False), point(2, 2))
     assert landed and where == "write(x.tmp) after 2 steps"
-    assert not kill_landing(trace, run(timed_out=False), point(1, 2), Path("/w"))[0]
-    landed, where = kill_landing(trace, run(timed_out=True), point(2, 2), Path("/w"))
+    assert not landing(run(timed_out=False), point(1, 2))[0]
+    landed, where = landing(run(timed_out=True), point(2, 2))
     assert not landed and "held until the run's timeout" in where
-    landed, where = kill_landing(trace, run(timed_out=False), point(3, 3), Path("/w"))
+    landed, where = landing(run(timed_out=False), point(3, 3))
     assert not landed and where == "not reached: the run exited -9"
