@@ -52,10 +52,13 @@ would resolve differently, sends the run to the whole-document parse of the scra
 groups have a fixed row count, so the Parquet bytes do not depend on how the body was cut or
 which path parsed it. pyarrow does not validate UTF-8, so the bytes are checked while streaming.
 
-Lineage (``OPENLINEAGE_URL``) and tracing/metrics (``OTEL_EXPORTER_OTLP_ENDPOINT``) are
+Lineage (``OPENLINEAGE_URL``) and tracing (``OTEL_EXPORTER_OTLP_ENDPOINT``) are
 set up only when configured; every exporter is bounded so that a slow or dead sink cannot hang
-the run. The OpenTelemetry SDK is imported then; the OpenLineage run events are plain JSON
-posted with requests (see :class:`LineageSink` for why not openlineage-python's client).
+the run. The OpenTelemetry SDK and its OTLP protobuf encoder are imported then; the OpenLineage
+run events are plain JSON (see :class:`LineageSink` for why not openlineage-python's client).
+Every HTTP exchange (the fetch, the events, the spans) uses the standard library's
+``http.client`` (see :func:`_http_connection`). Metrics are not exported: the blueprint asks for
+traces, and the SDK's metrics pipeline cost about 30 ms of every run.
 """
 
 from __future__ import annotations
@@ -384,7 +387,7 @@ def state_document(
 
 class FetchDeadline:
     """A total time budget for the whole fetch (connect, redirects, retry, body), enforced with
-    SIGALRM: requests' timeout only bounds each socket read, so a trickling server could
+    SIGALRM: a socket timeout only bounds each read, so a trickling server could
     otherwise hold a run forever."""
 
     def __init__(self, seconds: float) -> None:
@@ -524,6 +527,152 @@ class Utf8Check:
         self._offset += len(chunk)
 
 
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+def _http_connection(parts: SplitResult, timeout: float) -> Any:
+    """An ``http.client`` connection to the URL's host (``https`` with the default context).
+
+    The standard library's client, not requests or urllib3: they cost about 60-80 ms of imports
+    in every run, more than the run's own work on a small payload, and the pipeline needs
+    only GET with redirects, streaming and gzip, and POST."""
+    import http.client
+
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {urlunsplit(parts)!r}")
+    port = parts.port  # ValueError on a malformed port
+    if parts.scheme == "https":
+        import ssl
+
+        return http.client.HTTPSConnection(
+            parts.hostname, port, timeout=timeout, context=ssl.create_default_context()
+        )
+    return http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
+
+
+def _request_target(parts: SplitResult) -> str:
+    return urlunsplit(("", "", parts.path or "/", parts.query, ""))
+
+
+def _userinfo_headers(parts: SplitResult) -> dict[str, str]:
+    """Basic credentials given in the URL itself (``http://user:pass@host/``), as browsers and
+    requests send them."""
+    if parts.username is None:
+        return {}
+    import base64
+    from urllib.parse import unquote
+
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+
+
+def http_post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+    """POST ``body`` and return the status (the answer's body is read and dropped)."""
+    parts = urlsplit(url)
+    connection = _http_connection(parts, timeout)
+    try:
+        connection.request(
+            "POST",
+            _request_target(parts),
+            body=body,
+            headers={"User-Agent": USER_AGENT, **_userinfo_headers(parts), **headers},
+        )
+        answer = connection.getresponse()
+        answer.read()
+        return int(answer.status)
+    finally:
+        connection.close()
+
+
+class _Decoder:
+    """The body's ``Content-Encoding`` undone as it streams: identity, gzip or deflate, with
+    at most ``CHUNK_BYTES`` of output per step (a small gzip bomb cannot expand at once)."""
+
+    def __init__(self, encoding: str) -> None:
+        import zlib
+
+        self.encoding = encoding
+        self._zlib = zlib
+        if encoding in ("", "identity"):
+            self._inflater: Any = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflater = zlib.decompressobj()
+        else:
+            raise _invalid(f"unsupported Content-Encoding {encoding!r}")
+
+    def feed(self, raw: bytes) -> Iterator[bytes]:
+        if self._inflater is None:
+            yield raw
+            return
+        data = raw
+        try:
+            while data:
+                if self._inflater.eof:
+                    raise _invalid(
+                        f"corrupt Content-Encoding {self.encoding!r}: data after the end of "
+                        "the compressed stream"
+                    )
+                out = self._inflater.decompress(data, CHUNK_BYTES)
+                data = self._inflater.unconsumed_tail
+                if out:
+                    yield out
+        except self._zlib.error as exc:
+            raise _invalid(f"corrupt Content-Encoding {self.encoding!r}: {exc}") from None
+
+    def close(self) -> Iterator[bytes]:
+        if self._inflater is None:
+            return
+        try:
+            tail = self._inflater.flush()
+        except self._zlib.error as exc:
+            raise _invalid(f"corrupt Content-Encoding {self.encoding!r}: {exc}") from None
+        if tail:
+            yield tail
+        if not self._inflater.eof:
+            raise _invalid(
+                f"corrupt Content-Encoding {self.encoding!r}: the compressed stream ends early"
+            )
+
+
+def _get_following_redirects(cfg: Config, headers: Mapping[str, str]) -> tuple[Any, Any]:
+    """GET the URL, following at most ``cfg.max_redirects`` redirects; returns the open
+    connection and its response (the final one, whatever its status)."""
+    import http.client
+
+    url = cfg.url
+    followed = 0
+    while True:
+        try:
+            parts = urlsplit(url)
+            connection = _http_connection(parts, cfg.fetch_timeout_s)
+        except ValueError as exc:
+            raise _invalid(f"unusable redirect or URL: {_one_line(exc)}") from None
+        try:
+            connection.request(
+                "GET", _request_target(parts), headers={**_userinfo_headers(parts), **headers}
+            )
+            response = connection.getresponse()
+        except TimeoutError as exc:
+            connection.close()
+            raise Outcome("upstream_transient", f"timed out: {_one_line(exc)}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise Outcome("upstream_transient", f"connection failed: {_one_line(exc)}") from None
+        location = response.getheader("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return connection, response
+        response.close()
+        connection.close()
+        followed += 1
+        if followed > cfg.max_redirects:
+            raise _invalid(f"more than {cfg.max_redirects} redirects (redirect loop?)")
+        from urllib.parse import urljoin
+
+        url = urljoin(url, location.strip())
+
+
 def fetch(
     cfg: Config,
     headers: dict[str, str],
@@ -532,95 +681,92 @@ def fetch(
     deadline: FetchDeadline,
 ) -> FetchResult:
     """GET the URL and stream the decoded body into ``on_chunk``; raises Outcome."""
-    import requests
-    import urllib3.exceptions as u3
+    import http.client
 
-    session = requests.Session()
-    session.max_redirects = cfg.max_redirects
-    request_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
-    timeout = (cfg.fetch_timeout_s, cfg.fetch_timeout_s)
+    request_headers = {
+        "User-Agent": USER_AGENT,
+        "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
+        **headers,
+    }
     conditional = bool(headers)
     result = FetchResult(status=0)
     try:
-        with deadline, session:
+        with deadline:
             attempt = 0
             while True:
                 attempt += 1
-                response = session.get(
-                    cfg.url, headers=request_headers, timeout=timeout, stream=True
-                )
-                result.status = response.status_code
+                connection, response = _get_following_redirects(cfg, request_headers)
+                result.status = response.status
                 result.attempts = attempt
-                wait = _retry_after_seconds(response.headers.get("Retry-After"))
+                wait = _retry_after_seconds(response.getheader("Retry-After"))
                 if (
                     attempt == 1
-                    and response.status_code in (429, 503)
+                    and response.status in (429, 503)
                     and wait is not None
                     and wait <= RETRY_AFTER_MAX_S
                     and wait < deadline.remaining()
                 ):
                     response.close()
+                    connection.close()
                     time.sleep(wait)
                     continue
                 break
-            on_response(response.status_code)
-            outcome = _status_outcome(response.status_code, conditional)
-            if outcome is not None:
-                response.close()  # a 304 with a body: the body is ignored
-                raise outcome
-            result.etag = _validator(response.headers.get("ETag"))
-            result.last_modified = _validator(response.headers.get("Last-Modified"))
-            encoding = response.headers.get("Content-Encoding", "").strip().lower()
-            declared = response.headers.get("Content-Length", "").strip()
-            declared_len = int(declared) if declared.isdigit() else None
-            identity = encoding in ("", "identity")
-            if identity and declared_len is not None and declared_len > cfg.max_bytes:
-                response.close()
-                raise _invalid(
-                    f"body of {declared_len} bytes exceeds the cap of {cfg.max_bytes} bytes"
-                )
-            utf8 = Utf8Check()
-            received = 0
             try:
-                for chunk in response.raw.stream(CHUNK_BYTES, decode_content=True):
-                    if not chunk:
-                        continue
+                on_response(response.status)
+                outcome = _status_outcome(response.status, conditional)
+                if outcome is not None:
+                    raise outcome  # a 304 with a body: the body is ignored
+                result.etag = _validator(response.getheader("ETag"))
+                result.last_modified = _validator(response.getheader("Last-Modified"))
+                encoding = (response.getheader("Content-Encoding") or "").strip().lower()
+                declared = (response.getheader("Content-Length") or "").strip()
+                declared_len = int(declared) if declared.isdigit() else None
+                identity = encoding in ("", "identity")
+                if identity and declared_len is not None and declared_len > cfg.max_bytes:
+                    raise _invalid(
+                        f"body of {declared_len} bytes exceeds the cap of {cfg.max_bytes} bytes"
+                    )
+                decoder = _Decoder(encoding)
+                utf8 = Utf8Check()
+                received = 0
+                on_wire = 0
+
+                def deliver(chunk: bytes) -> None:
+                    nonlocal received
                     received += len(chunk)
                     if received > cfg.max_bytes:
                         raise _invalid(f"body exceeds the cap of {cfg.max_bytes} bytes")
                     utf8.feed(chunk)
                     on_chunk(chunk)
-            except (u3.DecodeError, requests.exceptions.ContentDecodingError) as exc:
-                raise _invalid(f"corrupt Content-Encoding {encoding!r}: {_one_line(exc)}") from None
-            except u3.ReadTimeoutError as exc:
-                raise Outcome("upstream_transient", f"read timed out: {_one_line(exc)}") from None
-            except u3.ProtocolError as exc:
-                raise _broken_body_outcome(exc) from None
+
+                try:
+                    while raw := response.read(CHUNK_BYTES):
+                        on_wire += len(raw)
+                        for chunk in decoder.feed(raw):
+                            deliver(chunk)
+                except TimeoutError as exc:
+                    raise Outcome(
+                        "upstream_transient", f"read timed out: {_one_line(exc)}"
+                    ) from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _broken_body_outcome(exc) from None
+                if declared_len is not None and on_wire != declared_len:
+                    raise _invalid(
+                        f"body has {on_wire} bytes but Content-Length said {declared_len}"
+                    )
+                for chunk in decoder.close():
+                    deliver(chunk)
+                utf8.feed(b"", final=True)
+                result.body_bytes = received
+                return result
             finally:
                 response.close()
-            utf8.feed(b"", final=True)
-            if identity and declared_len is not None and received != declared_len:
-                raise _invalid(f"body has {received} bytes but Content-Length said {declared_len}")
-            result.body_bytes = received
-            return result
+                connection.close()
     except _Deadline:
         raise Outcome(
             "upstream_transient", f"fetch exceeded the total time budget of {cfg.fetch_timeout_s}s"
         ) from None
-    except requests.exceptions.TooManyRedirects:
-        raise _invalid(f"more than {cfg.max_redirects} redirects (redirect loop?)") from None
-    except (requests.exceptions.Timeout, u3.TimeoutError) as exc:
-        raise Outcome("upstream_transient", f"timed out: {_one_line(exc)}") from None
-    except requests.exceptions.ChunkedEncodingError as exc:
-        raise _broken_body_outcome(exc) from None
-    except requests.exceptions.ContentDecodingError as exc:
-        raise _invalid(f"corrupt Content-Encoding: {_one_line(exc)}") from None
-    except requests.exceptions.ConnectionError as exc:
-        raise Outcome("upstream_transient", f"connection failed: {_one_line(exc)}") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
-        raise _invalid(f"unusable redirect or URL: {_one_line(exc)}") from None
-    except requests.exceptions.RequestException as exc:
-        raise _invalid(f"HTTP error: {_one_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- parse + encode
@@ -1246,19 +1392,85 @@ class LineageSink:
 
     def emit(self, event: dict[str, Any]) -> None:
         """POST one event; a refusal raises (the caller warns and moves on)."""
-        import requests
-
         body = json.dumps(event, separators=(",", ":")).encode()
-        answer = requests.post(
-            self.url, data=body, headers=self.headers, timeout=TELEMETRY_TIMEOUT_S
-        )
-        answer.close()
-        if answer.status_code >= 300:
-            raise RuntimeError(f"the lineage endpoint answered {answer.status_code}")
+        status = http_post(self.url, body, self.headers, TELEMETRY_TIMEOUT_S)
+        if status >= 300:
+            raise RuntimeError(f"the lineage endpoint answered {status}")
+
+
+def _otlp_setting(env: Mapping[str, str], name: str, signal_name: str = "TRACES") -> str:
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal_name}_{name}")
+        or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+        or ""
+    ).strip()
+
+
+def otlp_traces_target(env: Mapping[str, str]) -> tuple[str, dict[str, str], bool]:
+    """Where OTLP/HTTP traces go, from the standard variables: the URL (the signal's own
+    endpoint verbatim, else the base endpoint + ``/v1/traces``), the extra headers
+    (``k=v,k2=v2``, percent-decoded) and whether to gzip. Only ``http/protobuf`` is spoken."""
+    from urllib.parse import unquote
+
+    protocol = _otlp_setting(env, "PROTOCOL")
+    if protocol and protocol != "http/protobuf":
+        raise ValueError(f"OTLP protocol {protocol!r} is not supported (only http/protobuf)")
+    url = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if not url:
+        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+        url = base.rstrip("/") + "/v1/traces"
+    headers: dict[str, str] = {}
+    for item in _otlp_setting(env, "HEADERS").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            headers[unquote(key.strip())] = unquote(value.strip())
+    gzip_body = _otlp_setting(env, "COMPRESSION").lower() == "gzip"
+    return url, headers, gzip_body
+
+
+def otlp_span_exporter(env: Mapping[str, str], timeout: float) -> Any:
+    """An OpenTelemetry SDK span exporter that encodes with the OTLP protobuf encoder of
+    ``opentelemetry-exporter-otlp-proto-common`` and POSTs with :func:`http_post`.
+
+    The SDK's own OTLP/HTTP exporter sends through requests, whose import alone (about 60 ms)
+    would be a sixth of a run of the reference; the encoding, the batching and the span
+    model stay the SDK's."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    url, extra_headers, gzip_body = otlp_traces_target(env)
+    headers = {"Content-Type": "application/x-protobuf", **extra_headers}
+    if gzip_body:
+        headers["Content-Encoding"] = "gzip"
+
+    class OtlpHttpSpanExporter(SpanExporter):
+        def export(self, spans: Any) -> Any:
+            body = encode_spans(spans).SerializePartialToString()
+            if gzip_body:
+                import gzip
+
+                body = gzip.compress(body)
+            try:
+                status = http_post(url, body, headers, timeout)
+            except OSError as exc:
+                _warn(f"OpenTelemetry traces: {_one_line(exc)}")
+                return SpanExportResult.FAILURE
+            if 200 <= status < 300:
+                return SpanExportResult.SUCCESS
+            _warn(f"OpenTelemetry traces: the collector answered {status}")
+            return SpanExportResult.FAILURE
+
+        def shutdown(self) -> None:
+            return None
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    return OtlpHttpSpanExporter()
 
 
 class Telemetry:
-    """OpenLineage run events and OpenTelemetry spans/metrics, each only when configured."""
+    """OpenLineage run events and OpenTelemetry spans, each only when configured."""
 
     def __init__(self, cfg: Config, env: Mapping[str, str]) -> None:
         self.cfg = cfg
@@ -1266,8 +1478,6 @@ class Telemetry:
         self.lineage: LineageSink | None = None
         self.tracer: Any = None
         self.tracer_provider: Any = None
-        self.meter_provider: Any = None
-        self.rows_counter: Any = None
         self.root: Any = None
         self.namespace = env.get("OPENLINEAGE_NAMESPACE") or "kfm"
         if env.get("OPENLINEAGE_URL"):
@@ -1290,7 +1500,6 @@ class Telemetry:
 
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -1298,35 +1507,13 @@ class Telemetry:
             resource = Resource.create({})
             if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
                 resource = resource.merge(Resource({"service.name": "kfm-reference-pipeline"}))
-            timeout = self._otlp_timeout(env, "TRACES")
+            exporter = otlp_span_exporter(env, self._otlp_timeout(env, "TRACES"))
             provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(timeout=timeout), schedule_delay_millis=60000)
-            )
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60000))
             self.tracer_provider = provider
             self.tracer = provider.get_tracer("kfm-reference-pipeline", "1")
         except Exception as exc:
             _warn(f"OpenTelemetry tracing disabled: {_one_line(exc)}")
-            return
-        try:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-            reader = PeriodicExportingMetricReader(
-                OTLPMetricExporter(timeout=self._otlp_timeout(env, "METRICS")),
-                export_interval_millis=3_600_000,
-            )
-            meter_provider = MeterProvider(
-                resource=resource, metric_readers=[reader], shutdown_on_exit=False
-            )
-            meter = meter_provider.get_meter("kfm-reference-pipeline", "1")
-            self.rows_counter = meter.create_counter(
-                "kfm.pipeline.rows_written", unit="{row}", description="Rows published"
-            )
-            self.meter_provider = meter_provider
-        except Exception as exc:
-            _warn(f"OpenTelemetry metrics disabled: {_one_line(exc)}")
 
     @staticmethod
     def _otlp_timeout(env: Mapping[str, str], signal_name: str) -> float:
@@ -1452,11 +1639,6 @@ class Telemetry:
             self.root.end()
             provider = self.tracer_provider
             tasks.append(("OpenTelemetry traces", lambda: provider.force_flush(timeout_ms)))
-        if self.meter_provider is not None:
-            if rows and self.rows_counter is not None:
-                self.rows_counter.add(rows, {"kfm.job.name": JOB_NAME})
-            meters = self.meter_provider
-            tasks.append(("OpenTelemetry metrics", lambda: meters.force_flush(timeout_ms)))
         if tasks:
             _bounded(tasks, TELEMETRY_TIMEOUT_S + 0.5)
 
