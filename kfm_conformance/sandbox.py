@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -216,6 +217,35 @@ def _host_descendants(pid: int) -> list[int]:
     return found
 
 
+def wait_exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait until ``process`` exits (reaping it) or ``timeout_s`` passes; whether it exited.
+
+    ``Popen.wait(timeout=...)`` polls, sleeping up to 50 ms between looks, which added about
+    25 ms to every run; a pidfd (Linux 5.3+) becomes readable the moment the process exits."""
+    if process.returncode is not None:  # reaped already (a poll): its PID may be reused
+        return True
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfds, or the process was reaped meanwhile
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    if process.returncode is not None:  # another thread reaped it before the pidfd opened
+        os.close(pidfd)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(max(0.0, timeout_s) * 1000):
+            return False
+    finally:
+        os.close(pidfd)
+    process.wait()
+    return True
+
+
 def _runs_init(cmdline: bytes) -> bool:
     """Whether a process's command line is :mod:`run_init` itself, not a process (bubblewrap)
     that merely names it among its arguments."""
@@ -354,18 +384,15 @@ class RunningPipeline:
     def wait(self) -> RunResult:
         """Wait for the run to end (its init enforces the bound; a watchdog backs it up)."""
         try:
-            self.process.wait(timeout=self.timeout_s + WATCHDOG_GRACE_S)
-        except subprocess.TimeoutExpired:  # the init itself was stopped or killed
-            self._kill_group()
-            self.process.wait()
-            watchdog = True
+            watchdog = not wait_exited(self.process, self.timeout_s + WATCHDOG_GRACE_S)
+            if watchdog:  # the init itself was stopped or killed
+                self._kill_group()
+                self.process.wait()
         except BaseException:  # the harness is stopping (SIGINT): the run goes first
             self._kill_group()
             self._report.close()
             self._cleanup()
             raise
-        else:
-            watchdog = False
         ended = time.monotonic()
         lines = self._read_report()
         self._cleanup()
