@@ -512,6 +512,7 @@ class Sandbox:
         # The run's init is the harness's own file: visible even when the harness lives under
         # /tmp (a clone there, an editable install), which the run's private /tmp would hide.
         readable = [RUN_INIT, self.profile.profile_dir.resolve(), Path(sys.prefix).resolve()]
+        readable += _wrapper_scripts(wrapper)
         readable += [Path(a).resolve().parent for a in argv if a.startswith("/")]
         return [
             *isolation.sandbox_argv(
@@ -528,8 +529,12 @@ class Sandbox:
         extra_env: dict[str, str] | None = None,
         wrapper: Sequence[str] = (),
         timeout_s: float | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> RunningPipeline:
-        """Start the pipeline in the background and return a handle to wait on."""
+        """Start the pipeline in the background and return a handle to wait on.
+
+        ``pass_fds`` reach the run's command (the wrapper, a tracer of the harness's own) as
+        they are; a wrapper that gets them keeps them from the pipeline itself."""
         argv = self.profile.argv(src=src, workdir=self.workdir)
         with self._lock:
             self._started += 1
@@ -558,7 +563,7 @@ class Sandbox:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    pass_fds=(report_write,),
+                    pass_fds=(report_write, *pass_fds),
                     start_new_session=True,
                 )
             except OSError as exc:
@@ -616,6 +621,13 @@ class Sandbox:
 
     def files(self) -> Snapshot:
         return snapshot(self.workdir)
+
+
+def _wrapper_scripts(wrapper: Sequence[str]) -> list[Path]:
+    """The harness's own scripts a wrapper runs (``python -I -S hold_tracer.py``): visible
+    to the run even when the harness lives under ``/tmp``, as :data:`RUN_INIT` is."""
+    package = RUN_INIT.parent
+    return [Path(a) for a in wrapper if a.startswith("/") and Path(a).is_relative_to(package)]
 
 
 def _wrapper_outputs(wrapper: Sequence[str]) -> list[Path]:
