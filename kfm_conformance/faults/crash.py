@@ -38,6 +38,14 @@ upstream moved on, the old state present). Points run in parallel lanes, in cont
 blocks; each lane has its own origin, so the requests of a run can be told apart by time.
 Time-based kills at seeded random moments (no strace needed) complement the enumerated points.
 
+One held run instead of a killed run per point (:mod:`.hold`): where the machine allows it
+(Linux on x86_64, a pipeline that is not an Airflow DAG), the campaign makes one more run,
+stopped by the harness's own tracer on entry to each point's call with every thread stopped,
+and copies the working directory there: the files a ``SIGKILL`` at that call would leave. Each
+copy is then judged like a killed run's directory (``method = "hold"``; the held run itself is
+in the evidence). A point the held run did not reach, and every point when the tracer cannot
+trace here, is killed in a fresh run as before (``method = "kill"``).
+
 The oracle is :func:`judge_crash`, a pure function of what a kill left (:class:`CrashState`)
 and what the next run did (:class:`Recovery`). The next run is made once per distinct working
 directory: after each kill the directory is digested (:func:`workdir_digest`), and a kill that
@@ -62,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from kfm_conformance import outputs
-from kfm_conformance.faults import strace
+from kfm_conformance.faults import hold, strace
 from kfm_conformance.faults.requests import request_of_run
 from kfm_conformance.faults.strace import Syscall, Trace
 from kfm_conformance.isolation import Isolation
@@ -306,6 +314,50 @@ def kill_landing(
     return steps_done == point.index, f"{shown} after {steps_done} steps"
 
 
+def hold_landing(
+    recording: Recording, point: CrashPoint, held: hold.Hold, copy: Path, held_root: Path
+) -> tuple[bool, str]:
+    """Whether a hold landed where it was aimed: the held call acts on the files the
+    recording's call did (random parts of names aside), and where it was."""
+    aimed = next(
+        (
+            c
+            for c in recording.trace.calls
+            if c.name == point.site.syscall and c.ordinal == point.site.ordinal
+        ),
+        None,
+    )
+
+    def names(paths: Sequence[str], root: Path) -> list[str]:
+        return [strace.relative_to(root, path) or path for path in paths]
+
+    got = names(held.paths, held_root)
+    wanted = names(aimed.paths, recording.sandbox.workdir) if aimed is not None else []
+    ordinal = point.site.ordinal
+    where = f"held on entry to {held.syscall}({', '.join(got)}), call {ordinal} of its thread"
+    if aimed is None or held.syscall != point.site.syscall:
+        return False, where + " (not the recording's call)"
+    same = len(got) == len(wanted) and all(map(same_file_name, got, wanted))
+    if wanted and not same and "?" not in held.paths:
+        return False, where + f" (the recording's call acted on {', '.join(wanted)})"
+    return True, where + "; its working directory copied there"
+
+
+def same_file_name(one: str, other: str) -> bool:
+    """Whether two runs' names are the same file to the pipeline: equal, but for tokens of
+    letters and digits of one length that differ (``mktemp``'s ``download.GasJtF`` and
+    ``download.yEamiM``, ``tempfile``'s ``.data.csv.k2j9x0aa.tmp``)."""
+    if canonical_name(one) == canonical_name(other):
+        return True
+    split = re.compile(r"([/._-])")
+    mine, theirs = split.split(one), split.split(other)
+    return len(mine) == len(theirs) and all(
+        a == b
+        or (len(a) == len(b) >= 4 and a.replace("_", "").isalnum() and b.replace("_", "").isalnum())
+        for a, b in zip(mine, theirs, strict=True)
+    )
+
+
 class _Growing:
     """A file another process is still writing: each read returns what was added since."""
 
@@ -452,6 +504,9 @@ class PointResult:
     #: The crash whose identical working directory was recovered, when this one reused it.
     recovery_reused_from: str | None = None
     recovery_duration_s: float = 0.0
+    #: How the crash state was made: ``kill`` (a run killed there) or ``hold`` (the held run's
+    #: working directory copied while it was held there, :mod:`.hold`).
+    method: str = "kill"
 
     @property
     def ok(self) -> bool:
@@ -784,6 +839,7 @@ class CrashCampaign:
         keep_passing_dirs: bool = False,
         use_strace: bool = True,
         recover_each_point: bool = False,
+        hold_runs: bool = True,
     ) -> None:
         if case not in CASES:
             raise ValueError(f"unknown case {case!r}; known: {CASES}")
@@ -800,6 +856,8 @@ class CrashCampaign:
         self.use_strace = use_strace
         #: The old behaviour, for the benchmark: one recovery run per kill, identical or not.
         self.recover_each_point = recover_each_point
+        #: One held run for every strace point where the machine allows it (:mod:`.hold`).
+        self.hold_runs = hold_runs and hold.supported() and "airflow" not in profile.raw
         self.book = VersionBook(Path(profile.output).suffix)
         self.old = self.book.add("old", old) if old is not None else None
         self.new = self.book.add("new", new)
@@ -861,6 +919,7 @@ class CrashCampaign:
             steps: list[str] = []
             recording_exit: int | None = None
             problem: str | None = None
+            recording: Recording | None = None
             if self.use_strace:
                 recording = self._record(lanes[0])
                 recording_exit = recording.result.exit_code
@@ -878,21 +937,10 @@ class CrashCampaign:
                     recording.trace, recording.sandbox.workdir
                 )
             timed = self._timed_delays()
-            jobs: list[CrashPoint | float] = [*points, *timed]
-            # Neighbouring points go to one lane: a kill before an fsync and one before the
-            # next step leave identical files only within a lane (each lane has its own origin,
-            # so its template's run-state may name another URL).
-            owner = contiguous_lanes(len(points), len(lanes)) + [
-                index % len(lanes) for index in range(len(timed))
-            ]
-
-            def run_lane(number: int) -> list[tuple[int, PointResult]]:
-                mine = [index for index, lane in enumerate(owner) if lane == number]
-                return [(index, self._run_job(lanes[number], jobs[index])) for index in mine]
-
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                done = [pair for part in pool.map(run_lane, range(len(lanes))) for pair in part]
-            results = [result for _, result in sorted(done, key=lambda pair: pair[0])]
+            if self.hold_runs and points and recording and _HOLD_BROKEN[0] is None:
+                results = self._held_campaign(lanes, points, timed, recording)
+            else:
+                results = self._killed_campaign(lanes, points, timed)
             return CampaignResult(
                 case=self.case,
                 recording_steps=steps,
@@ -908,6 +956,103 @@ class CrashCampaign:
                 lane.origin.close()
             self.book.close()
             shutil.rmtree(self._trace_dir, ignore_errors=True)
+
+    def _killed_campaign(
+        self, lanes: list[_Worker], points: list[CrashPoint], timed: list[float]
+    ) -> list[PointResult]:
+        """A fresh run killed at each point, the points spread over the lanes."""
+        jobs: list[CrashPoint | float] = [*points, *timed]
+        # Neighbouring points go to one lane: a kill before an fsync and one before the
+        # next step leave identical files only within a lane (each lane has its own origin,
+        # so its template's run-state may name another URL).
+        owner = contiguous_lanes(len(points), len(lanes)) + [
+            index % len(lanes) for index in range(len(timed))
+        ]
+
+        def run_lane(number: int) -> list[tuple[int, PointResult]]:
+            mine = [index for index, lane in enumerate(owner) if lane == number]
+            return [(index, self._run_job(lanes[number], jobs[index])) for index in mine]
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            done = [pair for part in pool.map(run_lane, range(len(lanes))) for pair in part]
+        return [result for _, result in sorted(done, key=lambda pair: pair[0])]
+
+    def _held_campaign(
+        self,
+        lanes: list[_Worker],
+        points: list[CrashPoint],
+        timed: list[float],
+        recording: Recording,
+    ) -> list[PointResult]:
+        """The strace points from one held run on the first lane (its copies judged there, in
+        order, so that identical states meet), the timed kills on the last lane meanwhile."""
+        first, last = lanes[0], lanes[-1]
+
+        def timed_kills() -> list[PointResult]:
+            return [self._timed_point(last, delay) for delay in timed]
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            later = pool.submit(timed_kills) if last is not first else None
+            held = self._held_points(first, points, recording)
+            by_index = dict(held)
+            for index, point in enumerate(points):
+                if index not in by_index:  # not reached by the held run: kill a run there
+                    by_index[index] = self._strace_point(first, point)
+            timed_results = later.result() if later is not None else timed_kills()
+        return [by_index[index] for index in range(len(points))] + timed_results
+
+    def _held_points(
+        self, lane: _Worker, points: list[CrashPoint], recording: Recording
+    ) -> list[tuple[int, PointResult]]:
+        """Hold one run at every point; judge a copy of its working directory at each hold."""
+        box = self._fresh(lane)
+        copies: dict[int, tuple[Sandbox, hold.Hold]] = {}
+
+        def on_hold(held: hold.Hold) -> None:
+            if held.site >= len(points) or held.site in copies:
+                return
+            copy = self.make_sandbox()
+            shutil.copytree(box.workdir, copy.workdir, dirs_exist_ok=True, symlinks=True)
+            copies[held.site] = (copy, held)
+
+        run = hold.run_held(
+            box,
+            lane.origin.url,
+            [(p.site.syscall, p.site.ordinal) for p in points],
+            on_hold,
+            label=f"held run: {self.case.replace('-', ' ')}, held at each crash point",
+            extra_env=self.extra_env,
+        )
+        with self._keep_lock:
+            self._keep.append(box)
+        if run.error is not None and not copies:
+            _HOLD_BROKEN[0] = run.error
+        results = []
+        for index, point in enumerate(points):
+            if index not in copies:
+                continue
+            copy, held = copies[index]
+            landed, where = hold_landing(recording, point, held, copy.workdir, box.workdir)
+            results.append(
+                (
+                    index,
+                    self._judge(
+                        lane,
+                        copy,
+                        kind="strace",
+                        label=point.label(),
+                        exit_code=None,
+                        syscall=point.site.syscall,
+                        ordinal=point.site.ordinal,
+                        path=point.path,
+                        landed=landed,
+                        landed_at=where,
+                        steps_done=None,
+                        method="hold",
+                    ),
+                )
+            )
+        return results
 
     def _setup_failure(self, failed: _SetupFailed, started: float) -> CampaignResult:
         return CampaignResult(
@@ -962,7 +1107,7 @@ class CrashCampaign:
             box,
             kind="strace",
             label=point.label(),
-            crash=recording.result,
+            exit_code=recording.result.exit_code,
             syscall=point.site.syscall,
             ordinal=point.site.ordinal,
             path=point.path,
@@ -985,7 +1130,7 @@ class CrashCampaign:
             box,
             kind="timed",
             label=f"SIGKILL after {delay_s:.3f} s",
-            crash=result,
+            exit_code=result.exit_code,
             syscall=None,
             ordinal=None,
             path=None,
@@ -1001,13 +1146,14 @@ class CrashCampaign:
         *,
         kind: str,
         label: str,
-        crash: RunResult,
+        exit_code: int | None,
         syscall: str | None,
         ordinal: int | None,
         path: str | None,
         landed: bool,
         landed_at: str,
         steps_done: int | None,
+        method: str = "kill",
     ) -> PointResult:
         output, sha = self.book.classify_path(box.output_path)
         files = digests(box.files())
@@ -1031,7 +1177,7 @@ class CrashCampaign:
             landed=landed,
             landed_at=landed_at,
             steps_done=steps_done,
-            exit_code=crash.exit_code,
+            exit_code=exit_code,
             output=output,
             output_sha256=sha,
             files=files,
@@ -1046,6 +1192,7 @@ class CrashCampaign:
             state_digest=digest,
             recovery_reused_from=reused_from,
             recovery_duration_s=round(took, 4),
+            method=method,
         )
         if result.ok and not self.keep_passing_dirs:
             shutil.rmtree(box.workdir, ignore_errors=True)
@@ -1100,6 +1247,11 @@ class _SetupFailed(Exception):
     def __init__(self, message: str, sandbox: Sandbox) -> None:
         super().__init__(message)
         self.sandbox = sandbox
+
+
+#: Why the hold tracer cannot trace on this machine, once a held run said so (every later
+#: campaign then kills a run per point).
+_HOLD_BROKEN: list[str | None] = [None]
 
 
 def contiguous_lanes(count: int, lanes: int) -> list[int]:
