@@ -56,10 +56,12 @@ recovery's outcome; the point records which crash it reused (``recovery_reused_f
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -329,7 +331,9 @@ def hold_landing(
     )
 
     def names(paths: Sequence[str], root: Path) -> list[str]:
-        return [strace.relative_to(root, path) or path for path in paths]
+        # An unlinked or O_TMPFILE file: /proc says "#INODE (deleted)", strace "#INODE".
+        bare = [p.removesuffix(" (deleted)") for p in paths]
+        return [strace.relative_to(root, path) or path for path in bare]
 
     got = names(held.paths, held_root)
     wanted = names(aimed.paths, recording.sandbox.workdir) if aimed is not None else []
@@ -343,17 +347,38 @@ def hold_landing(
     return True, where + "; its working directory copied there"
 
 
+def copy_workdir(source: Path, target: Path) -> None:
+    """Copy a held run's working directory as a kill there would leave it: files with their
+    times, links as links, FIFOs as new FIFOs (reading one would block), sockets left out
+    (a socket file outlives no process usefully)."""
+
+    def copy_entry(src: str, dst: str) -> None:
+        mode = os.lstat(src).st_mode
+        if stat.S_ISFIFO(mode):
+            os.mkfifo(dst, stat.S_IMODE(mode))
+        elif stat.S_ISREG(mode):
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True, copy_function=copy_entry)
+
+
 def same_file_name(one: str, other: str) -> bool:
     """Whether two runs' names are the same file to the pipeline: equal, but for tokens of
     letters and digits of one length that differ (``mktemp``'s ``download.GasJtF`` and
-    ``download.yEamiM``, ``tempfile``'s ``.data.csv.k2j9x0aa.tmp``)."""
+    ``download.yEamiM``, ``tempfile``'s ``.data.csv.k2j9x0aa.tmp``) and numbers
+    (``.data.csv.4.1796324965243725968.tmp``). Only the evidence's "landed as aimed" uses it."""
     if canonical_name(one) == canonical_name(other):
         return True
     split = re.compile(r"([/._-])")
     mine, theirs = split.split(one), split.split(other)
+
+    def random_like(token: str) -> bool:  # letters and digits, or an inode number "#123"
+        return token.removeprefix("#").replace("_", "").isalnum()
+
     return len(mine) == len(theirs) and all(
         a == b
-        or (len(a) == len(b) >= 4 and a.replace("_", "").isalnum() and b.replace("_", "").isalnum())
+        or (a.isdigit() and b.isdigit())  # a counter, a process or thread number, a time
+        or (len(a) == len(b) >= 4 and random_like(a) and random_like(b))
         for a, b in zip(mine, theirs, strict=True)
     )
 
@@ -652,6 +677,8 @@ def workdir_digest(root: Path) -> str:
             entries.append(f"L {rel} -> {path.readlink()}")
         elif path.is_dir():
             entries.append(f"D {rel}")
+        elif not path.is_file():  # a FIFO or socket: opening a FIFO to read it would block
+            entries.append(f"S {rel}")
         else:
             state = file_state(path)
             entries.append(f"F {rel} {state.sha256 if state else '?'}")
@@ -1012,7 +1039,7 @@ class CrashCampaign:
             if held.site >= len(points) or held.site in copies:
                 return
             copy = self.make_sandbox()
-            shutil.copytree(box.workdir, copy.workdir, dirs_exist_ok=True, symlinks=True)
+            copy_workdir(box.workdir, copy.workdir)
             copies[held.site] = (copy, held)
 
         run = hold.run_held(

@@ -202,6 +202,8 @@ def _signed(value: int) -> int:
 
 
 def _join(base: str, path: str) -> str:
+    if not path:  # AT_EMPTY_PATH: the descriptor's own file
+        return base
     return path if path.startswith("/") else f"{base.rstrip('/')}/{path}"
 
 

@@ -73,6 +73,8 @@ def test_sites_and_tracer_lines_are_parsed_strictly() -> None:
 def test_names_that_differ_only_in_random_tokens_are_the_same_file() -> None:
     assert same_file_name(".state/download.GasJtF/body", ".state/download.yEamiM/body")
     assert same_file_name("out/.data.parquet.k2j9x0aa.tmp", "out/.data.parquet.q8w7e6rr.tmp")
+    assert same_file_name("out/#9995263", "out/#9995057")  # O_TMPFILE files, by inode
+    assert same_file_name("out/.data.csv.4.1796324965.tmp", "out/.data.csv.7.1796324964.tmp")
     assert not same_file_name("out/data.csv", "out/data.tsv")
     assert not same_file_name("out/data.parquet", "out/data.parquet.tmp")
 
@@ -198,3 +200,33 @@ def test_a_contained_pipeline_cannot_forge_a_hold(tmp_path: Path) -> None:
     )
     assert run.result.exit_code == 0, run.result.stderr_tail
     assert seen == [] and run.holds == []
+
+
+def test_a_held_directory_is_copied_as_a_kill_would_leave_it(tmp_path: Path) -> None:
+    """Files with their times, links as links, a FIFO as a FIFO (never opened: reading one
+    blocks), a socket left out; and digesting a directory with a FIFO does not block."""
+    import os
+    import socket
+    import stat
+
+    from kfm_conformance.faults.crash import copy_workdir, workdir_digest
+
+    source, target = tmp_path / "held", tmp_path / "copy"
+    (source / "out").mkdir(parents=True)
+    (source / "out" / "data.txt").write_text("whole\n")
+    os.utime(source / "out" / "data.txt", (1_700_000_000, 1_700_000_000))
+    os.symlink("data.txt", source / "out" / "current")
+    os.mkfifo(source / "out" / "pipe")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(source / "out" / "sock"))
+    try:
+        copy_workdir(source, target)
+        assert workdir_digest(source) != workdir_digest(tmp_path / "empty-does-not-exist")
+    finally:
+        listener.close()
+    copied = target / "out"
+    assert sorted(p.name for p in copied.iterdir()) == ["current", "data.txt", "pipe"]
+    assert (copied / "data.txt").read_text() == "whole\n"
+    assert (copied / "data.txt").stat().st_mtime == 1_700_000_000
+    assert os.readlink(copied / "current") == "data.txt"
+    assert stat.S_ISFIFO(os.lstat(copied / "pipe").st_mode)
