@@ -317,7 +317,7 @@ def kill_landing(
 
 
 def hold_landing(
-    recording: Recording, point: CrashPoint, held: hold.Hold, copy: Path, held_root: Path
+    recording: Recording, point: CrashPoint, held: hold.Hold, held_root: Path
 ) -> tuple[bool, str]:
     """Whether a hold landed where it was aimed: the held call acts on the files the
     recording's call did (random parts of names aside), and where it was."""
@@ -362,6 +362,10 @@ def copy_workdir(source: Path, target: Path) -> None:
     shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True, copy_function=copy_entry)
 
 
+#: Where a file name splits into tokens for :func:`same_file_name` (the separators kept).
+_NAME_PARTS = re.compile(r"([/._-])")
+
+
 def same_file_name(one: str, other: str) -> bool:
     """Whether two runs' names are the same file to the pipeline: equal, but for tokens of
     letters and digits of one length that differ (``mktemp``'s ``download.GasJtF`` and
@@ -369,8 +373,7 @@ def same_file_name(one: str, other: str) -> bool:
     (``.data.csv.4.1796324965243725968.tmp``). Only the evidence's "landed as aimed" uses it."""
     if canonical_name(one) == canonical_name(other):
         return True
-    split = re.compile(r"([/._-])")
-    mine, theirs = split.split(one), split.split(other)
+    mine, theirs = _NAME_PARTS.split(one), _NAME_PARTS.split(other)
 
     def random_like(token: str) -> bool:  # letters and digits, or an inode number "#123"
         return token.removeprefix("#").replace("_", "").isalnum()
@@ -1059,7 +1062,7 @@ class CrashCampaign:
             if index not in copies:
                 continue
             copy, held = copies[index]
-            landed, where = hold_landing(recording, point, held, copy.workdir, box.workdir)
+            landed, where = hold_landing(recording, point, held, box.workdir)
             results.append(
                 (
                     index,

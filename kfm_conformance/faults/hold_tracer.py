@@ -94,7 +94,7 @@ OPTIONS = (
 )
 EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_SECCOMP, EVENT_STOP = 1, 2, 3, 4, 7, 128
 WALL = 0x40000000
-SIGTRAP, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU = 5, 19, 20, 21, 22
+SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU = 19, 20, 21, 22
 
 # seccomp(2) and its BPF
 PR_SET_NO_NEW_PRIVS = 38
@@ -265,7 +265,6 @@ class Tracer:
         self.counts: dict[int, list[int]] = {}
         #: Tracees that are running (not at a stop the tracer has yet to resume).
         self.running: set[int] = set()
-        self.stopped_in_group: set[int] = set()
         #: Stops collected while settling a hold, handled once the hold is over.
         self.deferred: list[tuple[int, int]] = []
         self.main_pid = 0
@@ -284,7 +283,6 @@ class Tracer:
     def handle(self, tid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self.running.discard(tid)
-            self.stopped_in_group.discard(tid)
             self.counts.pop(tid, None)
             if tid == self.main_pid:
                 self.main_status = status
@@ -321,15 +319,15 @@ class Tracer:
         try:
             _ptrace(PTRACE_CONT, tid, 0, sig)
             self.running.add(tid)
-            self.stopped_in_group.discard(tid)
         except OSError:  # it died meanwhile (SIGKILL): its exit is still to come
             pass
 
     def _listen(self, tid: int) -> None:
+        """Leave a group-stopped tracee stopped (not in :attr:`running`: a hold need not stop
+        it) until a signal resumes it."""
         try:
             _ptrace(PTRACE_LISTEN, tid, 0, 0)
-            self.stopped_in_group.add(tid)
-        except OSError:
+        except OSError:  # it died meanwhile: its exit is still to come
             pass
 
     # -- calls and holds ---------------------------------------------------------------------
