@@ -125,7 +125,11 @@ def _base_argv(
         argv += ["--bind", str(path), str(path)]
     if workdir != Path("/"):
         argv += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
-    argv += ["--unshare-pid", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # ``--as-pid-1``: the run's own init (run_init, which is not dumpable) is PID 1. The
+    # reaper bubblewrap would put there instead is dumpable and holds every descriptor the run
+    # was given, the trace a tracer writes among them (see sandbox.seal_wrapper).
+    argv += ["--unshare-pid", "--as-pid-1", "--die-with-parent", "--new-session"]
+    argv += ["--cap-drop", "ALL"]
     return argv
 
 

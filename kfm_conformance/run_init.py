@@ -18,7 +18,8 @@ non-dumpable (its ``/proc/PID/fd`` is then closed to processes without ``CAP_SYS
 which a contained run never holds; an unisolated pipeline run as root does), and the harness
 trusts the final line only when it agrees with the init's own exit status
 (:func:`kfm_conformance.sandbox.init_report`): a pipeline that writes a line there and then
-kills its init gains nothing.
+kills its init gains nothing. Contained, the init is PID 1 of the run's PID namespace
+(bubblewrap's ``--as-pid-1``), which no process of the run can signal.
 
 Processes that end by themselves within :data:`GRACE_S` of the main process (an interpreter's
 helper shutting down) are not stragglers. Usage::

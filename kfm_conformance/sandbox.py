@@ -65,6 +65,14 @@ HIDDEN_PATHS: list[Path] = []
 #: removed when its run ends.
 RUN_TMP_ROOT_ENV = "KFM_RUN_TMP_ROOT"
 
+#: The command between a tracer and the pipeline: a shell that gives the pipeline
+#: ``/dev/null`` as its standard input, as every run gets, in place of the trace file the
+#: tracer writes to (:func:`seal_wrapper`), and then runs the pipeline's own argv with
+#: ``exec``, in the same process. dash is preferred: it adds nothing to the environment but
+#: ``PWD``, which every run gets anyway (:meth:`Sandbox.environment`).
+SHELL = shutil.which("dash") or "/bin/sh"
+TRACEE_SHIM = 'exec </dev/null && exec "$@"'
+
 
 def _private_tmp_root() -> str | None:
     root = os.environ.get(RUN_TMP_ROOT_ENV)
@@ -491,6 +499,7 @@ class Sandbox:
         env.update(self.base_env)
         env.update(self.profile.env)
         env["SRC"] = src
+        env["PWD"] = str(self.workdir)  # what a shell would pass, traced or not
         env.update(extra or {})
         return env
 
@@ -502,13 +511,16 @@ class Sandbox:
         report_fd: int,
         timeout_s: float,
     ) -> list[str]:
+        """The run's whole command line. ``wrapper`` is the sealed one (:func:`seal_wrapper`),
+        followed by :data:`TRACEE_SHIM`."""
         init = [sys.executable, "-I", "-S", str(RUN_INIT), str(report_fd), f"{timeout_s:g}", "--"]
         carried = carry_wrapper(argv, list(wrapper)) if "airflow" in self.profile.raw else None
-        command = [*init, *(carried or [*wrapper, *argv])]
+        if carried is None and wrapper:
+            carried = [*wrapper, SHELL, "-c", TRACEE_SHIM, "kfm-tracee", *argv]
+        command = [*init, *(carried or argv)]
         if self.isolation.mode is Isolation.NONE:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]
-        writable += [p for p in _wrapper_outputs(wrapper) if p not in writable]
         # The run's init is the harness's own file: visible even when the harness lives under
         # /tmp (a clone there, an editable install), which the run's private /tmp would hide.
         readable = [RUN_INIT, self.profile.profile_dir.resolve(), Path(sys.prefix).resolve()]
@@ -546,12 +558,14 @@ class Sandbox:
             tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-", dir=_private_tmp_root())
         )
         report_read, report_write = os.pipe()
+        trace_fd: int | None = None
         try:
             (private_tmp / "home").mkdir()
             inside_tmp = "/tmp" if self.isolation.mode is Isolation.NAMESPACES else str(private_tmp)
             env["HOME"] = f"{inside_tmp}/home"
             env["TMPDIR"] = inside_tmp
-            command = self._command(argv, wrapper, private_tmp, report_write, bound)
+            sealed, trace_fd = seal_wrapper(wrapper)
+            command = self._command(argv, sealed, private_tmp, report_write, bound)
             token = self.listener.run_started(self, label) if self.listener else None
             before = snapshot(self.workdir)
             started = time.monotonic()
@@ -560,7 +574,9 @@ class Sandbox:
                     command,
                     cwd=self.workdir,
                     env=env,
-                    stdin=subprocess.DEVNULL,
+                    # The trace file, when a tracer writes one: the wrapper's alone (the shim
+                    # gives the pipeline /dev/null); every other run gets /dev/null.
+                    stdin=subprocess.DEVNULL if trace_fd is None else trace_fd,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     pass_fds=(report_write, *pass_fds),
@@ -576,6 +592,8 @@ class Sandbox:
             raise
         finally:
             os.close(report_write)
+            if trace_fd is not None:
+                os.close(trace_fd)
         return RunningPipeline(
             self,
             label=label,
@@ -624,24 +642,33 @@ class Sandbox:
 
 
 def _wrapper_scripts(wrapper: Sequence[str]) -> list[Path]:
-    """The harness's own scripts a wrapper runs (``python -I -S hold_tracer.py``): visible
-    to the run even when the harness lives under ``/tmp``, as :data:`RUN_INIT` is."""
+    """The harness's own files a wrapper runs (``python -I -S hold_tracer.py``, the sealed
+    strace): visible to the run even when they live under ``/tmp``, as :data:`RUN_INIT` is."""
     package = RUN_INIT.parent
-    return [Path(a) for a in wrapper if a.startswith("/") and Path(a).is_relative_to(package)]
-
-
-def _wrapper_outputs(wrapper: Sequence[str]) -> list[Path]:
-    """Directories a wrapper writes its own output to (strace's ``-o FILE``): the sandbox
-    makes them writable. Wrappers are the harness's own argv, never the pipeline's."""
-    found: list[Path] = []
-    for index, arg in enumerate(wrapper):
-        value = None
-        if arg in ("-o", "--output") and index + 1 < len(wrapper):
-            value = wrapper[index + 1]
-        elif arg.startswith("--output="):
-            value = arg.split("=", 1)[1]
-        if value and value.startswith("/"):
-            parent = Path(value).parent
-            if parent != Path("/") and parent not in found:
-                found.append(parent)
+    found = [Path(a) for a in wrapper if a.startswith("/") and Path(a).is_relative_to(package)]
+    if wrapper and wrapper[0].startswith("/"):  # the tracer itself (an execute-only copy)
+        found.append(Path(wrapper[0]).parent)
     return found
+
+
+def seal_wrapper(wrapper: Sequence[str]) -> tuple[list[str], int | None]:
+    """The wrapper with the output file it names (strace's ``-o FILE``) opened by the harness
+    and given as the wrapper's standard input instead (``-o /proc/self/fd/0``), and that
+    descriptor (None when the wrapper names no file).
+
+    The file is never a path the run can see or write: the descriptor reaches only the run's
+    init and the wrapper, neither of them dumpable (:mod:`kfm_conformance.run_init`,
+    :func:`kfm_conformance.faults.strace.sealed_executable`), and :data:`TRACEE_SHIM` replaces
+    it with ``/dev/null`` before the pipeline starts. The caller closes its own copy once the
+    run has started. Wrappers are the harness's own argv, never the pipeline's."""
+    sealed = list(wrapper)
+    for index, arg in enumerate(wrapper[:-1]):
+        if arg == "-o" and wrapper[index + 1].startswith("/"):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            try:
+                fd = os.open(wrapper[index + 1], flags, 0o600)
+            except OSError as exc:
+                raise HarnessError(f"cannot open the run's trace file: {exc}") from None
+            sealed[index + 1] = "/proc/self/fd/0"
+            return sealed, fd
+    return sealed, None

@@ -394,8 +394,10 @@ def test_a_pipeline_cannot_forge_its_exit_code_on_the_report_descriptor(
     tmp_path: Path, mode: str
 ) -> None:
     """The init's report is the harness's evidence of how a run ended. A pipeline that writes
-    a success line there itself and kills its init is judged by what the harness observed
-    (its init killed), never by the line it wrote."""
+    a success line there itself and kills its init is judged by what the harness observed,
+    never by the line it wrote: contained, its init is PID 1 of the run's namespace, which
+    the run cannot signal, so the pipeline's own exit (65) stands; unisolated, the init is
+    killed and the run's status is that kill."""
     from kfm_conformance.profile import load_profile
     from kfm_conformance.sandbox import Sandbox
 
@@ -405,7 +407,10 @@ def test_a_pipeline_cannot_forge_its_exit_code_on_the_report_descriptor(
         "http://127.0.0.1:9/", wrapper=["/bin/sh", "-c", FORGE_EXIT_SCRIPT, "kfm-marker"]
     )
     assert result.exit_code not in (0, None), result
-    assert result.exit_code in (-signal.SIGKILL, 128 + signal.SIGKILL), result
+    if mode == "namespaces":
+        assert result.exit_code == 65, result
+    else:
+        assert result.exit_code in (-signal.SIGKILL, 128 + signal.SIGKILL), result
 
 
 def test_a_run_whose_init_cannot_start_is_the_harness_error_not_the_pipeline(
@@ -446,3 +451,64 @@ def test_the_init_report_is_trusted_only_when_it_agrees_with_the_init_status() -
     assert init_report([started, {"exit": True}], 1) == {}
     assert init_report([started], 0) == {}
     assert init_started([started]) and not init_started([ok])
+
+
+_TRACE_HUNTER = r"""
+import json, os, sys
+marker = sys.argv[1]
+found = []
+for folder, _dirs, names in os.walk("/tmp"):
+    found += [os.path.join(folder, n) for n in names if marker in n]
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            if marker in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                with open(f"/proc/{pid}/fd/{fd}", "a") as trace:
+                    trace.write("FORGED\n")
+                found.append(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+print(json.dumps(found))
+"""
+
+
+def test_a_traced_run_can_reach_its_trace_neither_by_path_nor_by_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The trace is the harness's evidence: a traced pipeline finds no path to it and no
+    process whose descriptors it may open (not the tracer, not the run's init, not a reaper),
+    and nothing it writes reaches it; the trace still records the run."""
+    from kfm_conformance.faults import strace
+    from kfm_conformance.profile import load_profile
+    from kfm_conformance.sandbox import Sandbox
+
+    if not strace.probe().ok:
+        pytest.fail(f"strace is needed here: {strace.probe().reason}")
+    hunter = tmp_path / "hunter.py"
+    hunter.write_text(_TRACE_HUNTER)
+    marker = "trace-" + uuid.uuid4().hex
+    profile_path = tmp_path / "hunter.toml"
+    profile_path.write_text(
+        '[pipeline]\nname = "hunter"\n'
+        f'command = ["{{python}}", "{hunter}", "{marker}"]\n'
+        'output = "out/data.parquet"\ntimeout_s = 60\n'
+    )
+    contained = isolation.choose("namespaces")
+    sandbox = Sandbox(load_profile(profile_path), tmp_path / "work", isolation_choice=contained)
+    trace_dir = Path(tempfile.mkdtemp(prefix="kfm-test-traces-"))
+    try:
+        trace_file = trace_dir / f"{marker}.trace"
+        result = sandbox.run("http://127.0.0.1:9/", wrapper=strace.wrapper(trace_file))
+        assert result.exit_code == 0, result.stderr_tail
+        assert result.stdout_tail.strip() == "[]", result.stdout_tail
+        text = trace_file.read_text()
+        assert "FORGED" not in text
+        assert "openat(" in text and "+++ exited with 0 +++" in text, text[-2000:]
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)

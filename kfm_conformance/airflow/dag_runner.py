@@ -704,6 +704,20 @@ def lineage_wanted(env: dict[str, str]) -> bool:
     )
 
 
+def take_trace_input(trace_with: list[str] | None) -> int | None:
+    """The trace file the harness gave strace as standard input (``-o /proc/self/fd/0``, see
+    :func:`kfm_conformance.sandbox.seal_wrapper`), moved to a private descriptor, with
+    ``/dev/null`` as standard input in its place; None when the run is not traced so. Nothing
+    of the DAG run may hold the trace: the worker gets this process's standard input."""
+    if not trace_with or "/proc/self/fd/0" not in trace_with:
+        return None
+    trace = os.dup(0)  # not inheritable
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return trace
+
+
 def _attach_argv(trace_with: list[str], pid: int) -> list[str]:
     """The strace command that attaches to a held worker: the harness's strace command with
     ``-q`` (no "attached" lines on the run's stderr), without ``--seccomp-bpf`` (strace can
@@ -743,11 +757,17 @@ def _wait_traced(pid: int, tracer: Any, timeout_s: float = 30.0) -> bool:
     return False
 
 
-def client(address: str, spec: Spec, trace_with: list[str] | None = None) -> int | None:
+def client(
+    address: str,
+    spec: Spec,
+    trace_with: list[str] | None = None,
+    trace_fd: int | None = None,
+) -> int | None:
     """Run through the warm runner; None when there is none to use (then run cold).
 
     With ``trace_with`` the run's worker is held and traced by that strace command (see the
-    comment above :func:`_attach_argv`'s section)."""
+    comment above :func:`_attach_argv`'s section), writing to ``trace_fd`` when the harness
+    sealed the trace (:func:`take_trace_input`)."""
     if _traced():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -781,7 +801,12 @@ def client(address: str, spec: Spec, trace_with: list[str] | None = None) -> int
             if not _wait_stopped(worker):
                 sys.stderr.write("dag_runner: the warm worker did not stop to be traced\n")
                 return 70
-            tracer = subprocess.Popen(_attach_argv(trace_with, worker), stdin=subprocess.DEVNULL)
+            tracer = subprocess.Popen(
+                _attach_argv(trace_with, worker),
+                stdin=subprocess.DEVNULL if trace_fd is None else trace_fd,
+            )
+            if trace_fd is not None:  # before the worker runs a step: only strace holds it
+                os.close(trace_fd)
             if not _wait_traced(worker, tracer):
                 sys.stderr.write("dag_runner: strace did not attach to the warm worker\n")
                 return 70  # closing the connection makes the server kill the held worker
@@ -1054,12 +1079,17 @@ def main(argv: list[str] | None = None) -> None:
     address = args.client or os.environ.get("KFM_AIRFLOW_WARM_RUNNER")
     if address and not args.cold:
         trace_with = json.loads(args.trace_with) if args.trace_with else None
-        code = client(address, spec, trace_with)
+        trace_fd = take_trace_input(trace_with)
+        code = client(address, spec, trace_with, trace_fd)
         if code is not None:
             sys.stdout.flush()
             os._exit(code)
         if trace_with:  # no warm worker to trace: the cold run, under the same strace
+            if trace_fd is not None:
+                os.dup2(trace_fd, 0)
             os.execv(trace_with[0], [*trace_with, sys.executable, *sys.argv, "--cold"])
+    if args.cold and args.trace_with:  # strace's trace file, not the DAG run's input
+        take_trace_input(json.loads(args.trace_with))
     cold_main(spec)
 
 

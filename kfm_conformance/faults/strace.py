@@ -2,8 +2,24 @@
 
 The harness traces the system calls that change files (``-f -y``, so every file descriptor is
 printed with the path it refers to) and parses the ``-o`` output into typed :class:`Syscall`
-records. It never runs a shell shim under ``strace``: the wrapper goes in front of the
-pipeline's own argv, so the interpreter the profile names is the traced process.
+records. The wrapper goes in front of the pipeline's own argv, so the interpreter the profile
+names is the traced process (after the sandbox's one-line ``exec`` shim, below).
+
+The trace is evidence, and the pipeline is not trusted, so it must not be able to write it
+(a pipeline that never flushes could otherwise edit its own ``write`` lines into ``fsync``
+lines: ``fixtures/forges_trace.py`` did, and was certified). Three things keep it out:
+
+- the trace file is never a path the run can see: the sandbox opens it and hands strace only
+  a descriptor, its standard input (``-o /proc/self/fd/0``,
+  :func:`kfm_conformance.sandbox.seal_wrapper`);
+- strace runs from an execute-only copy (:func:`sealed_executable`): a process that executes
+  a file it cannot read is not dumpable, so its ``/proc/PID/fd`` (the trace's descriptor) is
+  closed to the run, which holds no capability;
+- the inherited descriptor itself is replaced before the pipeline starts, by a shell that
+  then runs the pipeline's argv with ``exec`` (:data:`kfm_conformance.sandbox.TRACEE_SHIM`).
+  The shell's own calls (the dynamic loader's ``openat`` calls, its ``/dev/null``) are
+  traced like the rest, in every recording, injection and held run alike, so ordinals agree
+  between them.
 
 Facts this module relies on (measured with strace 6.1 and written down because they are easy to
 get wrong):
@@ -30,11 +46,13 @@ get wrong):
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -172,6 +190,25 @@ def probe() -> Availability:
     return Availability(True, exe, version=version[0] if version else "", seccomp=seccomp)
 
 
+@functools.cache
+def sealed_executable(executable: str) -> str:
+    """An execute-only copy of ``executable`` (mode ``0111``), made once per process.
+
+    Executing a file the process may not read makes it non-dumpable (``execve(2)``; a run holds
+    no ``CAP_DAC_OVERRIDE``), so the run cannot open the tracer's descriptors through
+    ``/proc``. The copy lives in the harness's temporary root for runs when there is one (the
+    sandbox shows the run that folder, read-only) and goes when this process exits."""
+    root = os.environ.get("KFM_RUN_TMP_ROOT")
+    folder = Path(
+        tempfile.mkdtemp(prefix="kfm-tracer-", dir=root if root and os.path.isdir(root) else None)
+    )
+    atexit.register(shutil.rmtree, folder, True)
+    copy = folder / Path(executable).name
+    shutil.copyfile(executable, copy)
+    os.chmod(copy, 0o111)
+    return str(copy)
+
+
 def require_strace() -> Availability:
     """The availability, or :class:`NotApplicable` (``unavailable``: blocks certification)."""
     found = probe()
@@ -197,7 +234,7 @@ def wrapper(
     matches by the absolute path it refers to, a path argument by its exact spelling).
     """
     found = probe()
-    exe = executable or found.executable or "strace"
+    exe = executable or (sealed_executable(found.executable) if found.ok else "strace")
     # strace 6.1 drops a ``signal=`` injection under ``--seccomp-bpf`` (see the module's
     # docstring): such a run stops at every call instead.
     filtered = found.seccomp and executable is None and not any(":signal=" in s for s in inject)
