@@ -190,23 +190,32 @@ def probe() -> Availability:
     return Availability(True, exe, version=version[0] if version else "", seccomp=seccomp)
 
 
-@functools.cache
+#: The execute-only copies made so far, by the executable they copy.
+_SEALED: dict[str, str] = {}
+
+
 def sealed_executable(executable: str) -> str:
-    """An execute-only copy of ``executable`` (mode ``0111``), made once per process.
+    """An execute-only copy of ``executable`` (mode ``0111``), made once per process (again
+    when the folder it was made in has gone: a plugin session removes its temporary root at
+    its end, and another session may follow in the same process).
 
     Executing a file the process may not read makes it non-dumpable (``execve(2)``; a run holds
     no ``CAP_DAC_OVERRIDE``), so the run cannot open the tracer's descriptors through
     ``/proc``. The copy lives in the harness's temporary root for runs when there is one (the
     sandbox shows the run that folder, read-only) and goes when this process exits."""
+    copy = _SEALED.get(executable)
+    if copy is not None and os.path.isfile(copy):
+        return copy
     root = os.environ.get("KFM_RUN_TMP_ROOT")
     folder = Path(
         tempfile.mkdtemp(prefix="kfm-tracer-", dir=root if root and os.path.isdir(root) else None)
     )
     atexit.register(shutil.rmtree, folder, True)
-    copy = folder / Path(executable).name
-    shutil.copyfile(executable, copy)
-    os.chmod(copy, 0o111)
-    return str(copy)
+    made = folder / Path(executable).name
+    shutil.copyfile(executable, made)
+    os.chmod(made, 0o111)
+    _SEALED[executable] = str(made)
+    return str(made)
 
 
 def require_strace() -> Availability:

@@ -350,3 +350,22 @@ def test_a_kill_lands_only_where_it_was_aimed_and_by_the_harness() -> None:
     assert not landed and "held until the run's timeout" in where
     landed, where = landing(run(timed_out=False), point(3, 3))
     assert not landed and where == "not reached: the run exited -9"
+
+
+def test_the_sealed_strace_is_execute_only_and_made_again_when_its_folder_has_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy strace runs from cannot be read (so the tracer is not dumpable), and a copy
+    whose folder went with an earlier session's temporary root is made again."""
+    import shutil
+    import stat
+
+    source = tmp_path / "tool"
+    source.write_bytes(b"#!/bin/sh\nexit 0\n")
+    monkeypatch.setenv("KFM_RUN_TMP_ROOT", str(tmp_path))
+    first = strace.sealed_executable(str(source))
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o111
+    assert strace.sealed_executable(str(source)) == first
+    shutil.rmtree(Path(first).parent)
+    again = strace.sealed_executable(str(source))
+    assert again != first and os.path.isfile(again)
