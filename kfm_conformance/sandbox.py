@@ -74,7 +74,9 @@ SHELL = shutil.which("dash") or "/bin/sh"
 TRACEE_SHIM = 'exec </dev/null && exec "$@"'
 
 
-def _private_tmp_root() -> str | None:
+def private_tmp_root() -> str | None:
+    """The directory runs get their private temp directories in (:data:`RUN_TMP_ROOT_ENV`),
+    when it is set and exists."""
     root = os.environ.get(RUN_TMP_ROOT_ENV)
     return root if root and os.path.isdir(root) else None
 
@@ -515,9 +517,13 @@ class Sandbox:
         followed by :data:`TRACEE_SHIM`."""
         init = [sys.executable, "-I", "-S", str(RUN_INIT), str(report_fd), f"{timeout_s:g}", "--"]
         carried = carry_wrapper(argv, list(wrapper)) if "airflow" in self.profile.raw else None
-        if carried is None and wrapper:
-            carried = [*wrapper, SHELL, "-c", TRACEE_SHIM, "kfm-tracee", *argv]
-        command = [*init, *(carried or argv)]
+        if carried is not None:
+            wrapped = carried
+        elif wrapper:
+            wrapped = [*wrapper, SHELL, "-c", TRACEE_SHIM, "kfm-tracee", *argv]
+        else:
+            wrapped = argv
+        command = [*init, *wrapped]
         if self.isolation.mode is Isolation.NONE:
             return command
         writable = [Path(p) for p in self.profile.writable_paths()]
@@ -555,7 +561,7 @@ class Sandbox:
         bound = timeout_s or self.profile.timeout_s
         env = self.environment(src, extra_env)
         private_tmp = Path(
-            tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-", dir=_private_tmp_root())
+            tempfile.mkdtemp(prefix=f"kfm-tmp-{self.workdir.name[:40]}-", dir=private_tmp_root())
         )
         report_read, report_write = os.pipe()
         trace_fd: int | None = None

@@ -130,10 +130,10 @@ def generated_package() -> types.ModuleType:
             def load_init(name: str) -> Any:
                 del package.__dict__["__getattr__"]
                 loader.exec_module(package)
-                return package.__dict__[name] if name in package.__dict__ else _missing(name)
-
-            def _missing(name: str) -> Any:
-                raise AttributeError(f"module {_CLIENT!r} has no attribute {name!r}")
+                try:
+                    return package.__dict__[name]
+                except KeyError:
+                    raise AttributeError(f"module {_CLIENT!r} has no attribute {name!r}") from None
 
             package.__dict__["__getattr__"] = load_init
             sys.modules[_CLIENT] = package

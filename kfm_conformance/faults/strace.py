@@ -206,10 +206,9 @@ def sealed_executable(executable: str) -> str:
     copy = _SEALED.get(executable)
     if copy is not None and os.path.isfile(copy):
         return copy
-    root = os.environ.get("KFM_RUN_TMP_ROOT")
-    folder = Path(
-        tempfile.mkdtemp(prefix="kfm-tracer-", dir=root if root and os.path.isdir(root) else None)
-    )
+    from kfm_conformance.sandbox import private_tmp_root
+
+    folder = Path(tempfile.mkdtemp(prefix="kfm-tracer-", dir=private_tmp_root()))
     atexit.register(shutil.rmtree, folder, True)
     made = folder / Path(executable).name
     shutil.copyfile(executable, made)
