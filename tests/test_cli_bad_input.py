@@ -133,6 +133,9 @@ def test_hanging_pipeline_fails_at_its_timeout_with_evidence(tmp_path: Path) -> 
         str(report_dir),
         "--only",
         "exit-codes",
+        # Every run sleeps until its timeout: four at a time cost no more CPU than one.
+        "-j",
+        "4",
     )
     assert code == 1, err
     import json
