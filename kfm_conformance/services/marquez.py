@@ -31,7 +31,6 @@ safe.
 from __future__ import annotations
 
 import json
-import operator
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -46,6 +45,8 @@ from kfm_conformance.verdict import Finding, HarnessError, fact
 __all__ = ["LineageRun", "MarquezClient", "judge_marquez_run", "lineage_runs", "marquez_error"]
 
 TERMINAL_STATES = {"COMPLETE": "COMPLETED", "FAIL": "FAILED", "ABORT": "ABORTED"}
+#: The state Marquez gives a run for each event type that sets one.
+EVENT_STATES = {"START": "RUNNING", "RUNNING": "RUNNING", **TERMINAL_STATES}
 _T = TypeVar("_T")
 
 
@@ -146,6 +147,16 @@ class LineageRun:
             if isinstance(run_id, str) and run_id:
                 name = parent_job.get("name") if isinstance(parent_job, dict) else None
                 return run_id, str(name) if name else None
+        return None
+
+    @property
+    def last_state(self) -> str | None:
+        """The state the run's last event that sets one leaves it in: what Marquez shows once
+        it has taken every event of the run (None if no event sets a state)."""
+        for event in reversed(self.events):
+            state = EVENT_STATES.get(str(event.get("eventType")))
+            if state:
+                return state
         return None
 
     @property
@@ -351,7 +362,11 @@ def _judge_states(
             listed = client.runs(ns, job) or []
             return next((str(r.get("state")) for r in listed if r.get("id") == run_id), None)
 
-        state = _poll(state_of, partial(operator.eq, expected), deadline, poll_s)
+        # Polled until Marquez shows the expected state or the one the run's last event
+        # leaves it in: either way it has taken the whole run, and nothing will change it
+        # later (a wrong state is then judged at once, not after the deadline).
+        settled = {expected, run.last_state} - {None}
+        state = _poll(state_of, settled.__contains__, deadline, poll_s)
         rows.append(
             {
                 "namespace": namespace,

@@ -247,6 +247,62 @@ def test_a_failed_run_shown_as_completed_is_a_finding(fake: FakeMarquez) -> None
     assert not state.ok and state.expected == "FAILED" and state.observed == "COMPLETED"
 
 
+class CountingClient(MarquezClient):
+    """A client that counts how often the run list was read."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.run_reads = 0
+
+    def runs(self, namespace: str, job: str) -> list[dict[str, Any]] | None:
+        self.run_reads += 1
+        return super().runs(namespace, job)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "exit_ok", "shown"),
+    [
+        (["START", "COMPLETE"], False, "COMPLETED"),
+        (["START"], True, "RUNNING"),
+        (["START", "FAIL", "COMPLETE"], False, "COMPLETED"),
+    ],
+    ids=["complete-after-a-failure", "no-terminal-event", "complete-last"],
+)
+def test_a_wrong_state_that_matches_the_last_event_is_judged_without_polling_again(
+    fake: FakeMarquez, kinds: list[str], exit_ok: bool, shown: str
+) -> None:
+    """Marquez shows the state the run's last event sets: it has taken the whole run, so the
+    wrong state is judged at the first read, not polled for until the deadline."""
+    run_id = str(uuid.uuid4())
+    records = _send_run(fake, [_event(kind, run_id) for kind in kinds])
+    client = CountingClient(fake.url)
+    findings, evidence = judge_marquez_run(
+        records, exit_ok=exit_ok, client=client, wait_s=30, poll_s=0.05
+    )
+    assert _by_check(findings)["marquez.run-state"] is False
+    assert [r["state"] for r in evidence["runs"]] == [shown]
+    assert client.run_reads == 1
+
+
+def test_a_state_that_matches_neither_is_polled_for_until_the_deadline(
+    fake: FakeMarquez, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Marquez that shows neither the expected state nor the last event's (it has not taken
+    the run yet, or it is wrong) is read again until the deadline."""
+    run_id = str(uuid.uuid4())
+    records = _send_run(fake, [_event("START", run_id), _event("COMPLETE", run_id)])
+    monkeypatch.setattr(
+        fake, "runs", lambda ns, job: [{"id": run_id, "state": "NEW"}], raising=False
+    )
+    client = CountingClient(fake.url)
+    findings, evidence = judge_marquez_run(
+        records, exit_ok=True, client=client, wait_s=0.3, poll_s=0.05
+    )
+    assert _by_check(findings)["marquez.run-state"] is False
+    assert [r["state"] for r in evidence["runs"]] == ["NEW"]
+    assert client.run_reads > 1
+
+
 def test_a_run_that_never_terminates_is_not_completed(fake: FakeMarquez) -> None:
     run_id = str(uuid.uuid4())
     records = _send_run(fake, [_event("START", run_id)])
